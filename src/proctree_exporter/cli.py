@@ -1,0 +1,246 @@
+"""Command line: ``run`` (default), ``check-config``, ``tree``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .collector import Collector
+from .config import Config, ConfigError, load_config
+from .tree import NodeView, PidTree
+
+log = logging.getLogger("proctree_exporter")
+
+EXIT_CONFIG = 2
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Structured logs on stderr: ``key=value`` text, or one JSON object per line."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        formatter = logging.Formatter("ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s "
+                                      "logger=%(name)s msg=%(message)s", "%Y-%m-%dT%H:%M:%S")
+        handler.setFormatter(formatter)
+    logging.Formatter.converter = time.gmtime
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def make_tree(cfg: Config) -> PidTree:
+    """A PidTree configured from ``tree:``."""
+    t = cfg.tree
+    return PidTree(max_nodes=t.max_nodes, tombstone_ttl_s=t.tombstone_ttl_seconds,
+                   cmdline_max_chars=t.cmdline_max_chars, read_cgroups=t.read_cgroups)
+
+
+def _load(path: str | None) -> tuple[Config, Path | None]:
+    """Load the config or exit with status 2 and the reason."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"proctree-exporter: bad config: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config and say so."""
+    _, path = _load(args.config)
+    print(f"{path or '(built-in defaults)'}: ok")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the collector until SIGTERM or SIGINT."""
+    cfg, path = _load(args.config)
+    setup_logging(cfg.log.level if not args.log_level else args.log_level,
+                  args.log_format or cfg.log.format)
+    log.info("starting version=%s config=%s", __version__, path or "(built-in defaults)")
+    tree = make_tree(cfg)
+    collector = Collector(tree, cfg.collector.settings())
+    stopping = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        log.info("signal=%s shutting down", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    collector.start()
+    collector.ready.wait()
+    if collector.failed:
+        return 1
+    log.info("ready source=%s nodes=%d", collector.stats.source, len(tree))
+    while not stopping.wait(60):
+        if collector.failed or not collector.is_alive():
+            log.error("collector stopped; exiting")
+            return 1
+        st = collector.stats
+        log.info("status live=%d tombstones=%d events=%d lost=%d resyncs=%d",
+                 tree.live_count, tree.tombstone_count, sum(st.events.values()),
+                 st.events_lost, st.resyncs)
+    collector.stop()
+    return 0
+
+
+# --- tree ---------------------------------------------------------------------
+
+
+def build_forest(views: Sequence[NodeView], root_pid: int | None = None) -> list[dict[str, Any]]:
+    """Nest node views by lineage into JSON-ready dicts.
+
+    Nodes whose lineage parent is not in ``views`` become top-level. With
+    ``root_pid``, only the live process holding that pid and its descendants.
+    """
+    by_id = {(v.pid, v.start_ticks): v for v in views}
+    kids: dict[tuple[int, int], list[NodeView]] = {}
+    tops: list[NodeView] = []
+    for v in views:
+        key = (v.lineage_ppid, v.lineage_start)
+        if v.lineage_ppid is not None and key in by_id and key != (v.pid, v.start_ticks):
+            kids.setdefault(key, []).append(v)  # type: ignore[arg-type]
+        else:
+            tops.append(v)
+    if root_pid is not None:
+        tops = [v for v in views if v.pid == root_pid and not v.reaped]
+
+    def doc(v: NodeView, seen: set[tuple[int, int]]) -> dict[str, Any]:
+        ident = (v.pid, v.start_ticks)
+        seen.add(ident)
+        children = sorted(kids.get(ident, ()), key=lambda c: (c.start_ticks, c.pid))
+        return {
+            "pid": v.pid,
+            "start_ticks": v.start_ticks,
+            "ppid": v.ppid,
+            "lineage_ppid": v.lineage_ppid,
+            "lineage_source": v.lineage_source,
+            "comm": v.comm,
+            "state": v.state,
+            "exited": v.exited,
+            "exit_code": v.exit_code,
+            "exit_signal": v.exit_signal,
+            "zombie": v.zombie,
+            "orphaned": v.orphaned,
+            "children": [doc(c, seen) for c in children if (c.pid, c.start_ticks) not in seen],
+        }
+
+    seen: set[tuple[int, int]] = set()
+    return [doc(v, seen) for v in sorted(tops, key=lambda t: (t.start_ticks, t.pid))]
+
+
+def _marks(d: dict[str, Any]) -> str:
+    marks = []
+    if d["zombie"]:
+        marks.append("ZOMBIE")
+    elif d["exited"]:
+        if d["exit_signal"] is not None:
+            marks.append(f"exited signal={d['exit_signal']}")
+        elif d["exit_code"] is not None:
+            marks.append(f"exited code={d['exit_code']}")
+        else:
+            marks.append("exited")
+    if d["orphaned"]:
+        marks.append(f"ORPHAN ppid={d['ppid']}")
+    return f"  [{', '.join(marks)}]" if marks else ""
+
+
+def print_forest(forest: list[dict[str, Any]], out: Any = sys.stdout) -> None:
+    """Print the nested forest as an indented tree."""
+    stack = [(d, "", True, True) for d in reversed(forest)]
+    while stack:
+        d, prefix, last, top = stack.pop()
+        branch = "" if top else ("└─ " if last else "├─ ")
+        out.write(f"{prefix}{branch}{d['pid']} {d['comm']}{_marks(d)}\n")
+        child_prefix = prefix if top else prefix + ("   " if last else "│  ")
+        children = d["children"]
+        for i, c in reversed(list(enumerate(children))):
+            stack.append((c, child_prefix, i == len(children) - 1, False))
+
+
+def cmd_tree(args: argparse.Namespace) -> int:
+    """Snapshot (and optionally watch) the host, then print the tree by lineage."""
+    cfg, _ = _load(args.config)
+    setup_logging("warning", "text")
+    tree = make_tree(cfg)
+    collector = Collector(tree, cfg.collector.settings())
+    collector.start()
+    collector.ready.wait()
+    if collector.failed:
+        print(f"proctree-exporter: {collector.failed}", file=sys.stderr)
+        return 1
+    if args.for_seconds > 0:
+        time.sleep(args.for_seconds)
+    collector.stop()
+    forest = build_forest(tree.snapshot(), args.root)
+    if args.root is not None and not forest:
+        print(f"proctree-exporter: no live process {args.root}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump({"source": collector.stats.source, "nodes": forest}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        print_forest(forest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="proctree-exporter",
+                                description="Process-tree monitor for Linux.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--config", help="config file (default ./config.yaml, then "
+                   "/etc/proctree-exporter/config.yaml)")
+    sub = p.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the exporter (the default)")
+    check = sub.add_parser("check-config", help="validate the config and exit")
+    tree = sub.add_parser("tree", help="print the process tree by lineage")
+    # options accepted before or after the subcommand; SUPPRESS keeps a
+    # subcommand's absent option from overwriting the one given before it
+    for q, default in ((p, None), (run, argparse.SUPPRESS)):
+        q.add_argument("--log.level", dest="log_level", default=default,
+                       choices=["debug", "info", "warning", "error"])
+        q.add_argument("--log.format", dest="log_format", default=default,
+                       choices=["text", "json"])
+    for q in (run, check, tree):
+        q.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    tree.add_argument("--root", type=int, help="only this live pid and its descendants")
+    tree.add_argument("--for", dest="for_seconds", type=float, default=0.0,
+                      help="watch events this many seconds before printing (default 0)")
+    tree.add_argument("--json", action="store_true", help="one JSON document")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``proctree-exporter`` console script."""
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    handler = {"run": cmd_run, "check-config": cmd_check_config, "tree": cmd_tree}[command]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

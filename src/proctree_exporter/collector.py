@@ -1,0 +1,349 @@
+"""The collector thread: proc connector (or /proc polling) into the PidTree.
+
+Start-up subscribes first and seeds from /proc second, so nothing that
+happens in between is missed: events queued during the walk are applied
+after it, and the tree's staleness guard drops those that name an older
+process than the one /proc showed.
+
+Loss is never silent. It is detected three ways: ENOBUFS from recv (once per
+overflow episode), gaps in the per-CPU ``cn_msg.seq`` counter (unfiltered
+sockets only: the counter also counts events the filter withholds), and the
+kernel's own drop counter for the socket in /proc/net/netlink (exact). Any of
+them schedules a resync: drain what is queued, walk /proc, reconcile.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import select
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import netlink as nl
+from . import procfs
+from .tree import LINEAGE_RESYNC, LINEAGE_SNAPSHOT, PidTree
+
+log = logging.getLogger(__name__)
+
+SOURCE_NETLINK = "netlink"
+SOURCE_PROCFS = "procfs"
+LINEAGE_POLL = "poll"
+
+# Upper bounds (seconds) of the kernel-to-applied lag histogram.
+LAG_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+               0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_LAG_BOUNDS_NS = [int(b * 1e9) for b in LAG_BUCKETS]
+_EVENT_NAMES = {
+    nl.ForkEvent: "fork", nl.ExecEvent: "exec", nl.ExitEvent: "exit", nl.CommEvent: "comm",
+    nl.UidEvent: "uid", nl.GidEvent: "gid", nl.SidEvent: "sid", nl.PtraceEvent: "ptrace",
+    nl.CoredumpEvent: "coredump", nl.AckEvent: "ack",
+}
+EVENT_TYPES = tuple(_EVENT_NAMES.values())
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSettings:
+    """How the collector reads the kernel."""
+
+    source: str = "auto"  # auto | netlink | procfs
+    receive_buffer_bytes: int = 8 << 20
+    event_filter: bool = True
+    poll_interval_s: float = 1.0
+    resync_min_interval_s: float = 1.0
+    batch_max: int = 256  # events applied per lock hold
+
+
+@dataclass(slots=True)
+class LagRecorder:
+    """Histogram (cumulative on export) of kernel-timestamp-to-applied lag, plus recent samples."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LAG_BUCKETS) + 1))
+    sum_ns: int = 0
+    recent: array = field(default_factory=lambda: array("q", bytes(8 * 65536)))
+    recent_n: int = 0
+
+    def add(self, lag_ns: int) -> None:
+        self.counts[bisect.bisect_left(_LAG_BOUNDS_NS, lag_ns)] += 1
+        self.sum_ns += lag_ns
+        self.recent[self.recent_n & 0xFFFF] = lag_ns
+        self.recent_n += 1
+
+    def percentile(self, q: float) -> float | None:
+        """The q-quantile (0..1) of the last 65,536 lags, in seconds."""
+        n = min(self.recent_n, 65536)
+        if n == 0:
+            return None
+        samples = sorted(self.recent[:n])
+        return samples[min(n - 1, int(q * n))] / 1e9
+
+
+@dataclass(slots=True)
+class CollectorStats:
+    """What the collector has done. Read by exporters; written by the collector thread only."""
+
+    source: str = ""
+    source_reason: str = ""
+    filtered: bool = False
+    rcvbuf_bytes: int = 0
+    events: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVENT_TYPES, 0))
+    parse_errors: dict[str, int] = field(default_factory=dict)
+    overruns: int = 0  # ENOBUFS reports
+    seq_gap_events: int = 0  # events missing from per-CPU sequences
+    kernel_drops: int = 0  # drops the kernel counted for our socket
+    events_lost: int = 0  # best estimate per episode: max of the three above
+    resyncs: int = 0
+    resync_reasons: dict[str, int] = field(default_factory=dict)
+    last_resync_s: float = 0.0  # duration of the last /proc walk + reconcile
+    polls: int = 0
+    lag: LagRecorder = field(default_factory=LagRecorder)
+    snapshot_vanished: int = 0  # processes gone mid-walk
+    snapshot_denied: int = 0
+
+
+class Collector(threading.Thread):
+    """Reads process events into ``tree`` until :meth:`stop`."""
+
+    def __init__(self, tree: PidTree, settings: CollectorSettings | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
+        super().__init__(name="proctree-collector", daemon=True)
+        self.tree = tree
+        self.settings = settings or CollectorSettings()
+        self.stats = CollectorStats()
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._stop_event = threading.Event()
+        self._on_ready = on_ready
+        self._sock: nl.ConnectorSocket | None = None
+        self._last_seq: dict[int, int] = {}
+        self._check_seq = False
+        self._resync_due: str | None = None
+        self._last_resync = 0.0
+        self._drops_seen = 0
+        self._gaps_at_resync = 0
+        self._overrun_pending = False
+
+    # -- control ---------------------------------------------------------------
+
+    def stop(self, timeout: float | None = 2.0) -> None:
+        """Ask the thread to finish and wait for it."""
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    @property
+    def netlink_port(self) -> int | None:
+        """The netlink port id of the connector socket (None when polling)."""
+        return self._sock.port_id if self._sock is not None else None
+
+    def cpu_seconds(self) -> float:
+        """CPU time this thread has used so far (readable from any thread)."""
+        if self.ident is None:
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(self.ident))
+        except OSError:  # the thread has ended
+            return 0.0
+
+    def request_resync(self, reason: str) -> None:
+        """Schedule a /proc resync (rate-limited by ``resync_min_interval_s``)."""
+        self._resync_due = self._resync_due or reason
+
+    def open_source(self) -> None:
+        """Choose and open the event source; called by :meth:`run`, or early by callers
+        that want the choice (and its failure) before starting the thread."""
+        if self.stats.source:
+            return
+        s = self.settings
+        if s.source in ("auto", SOURCE_NETLINK):
+            try:
+                self._sock = nl.ConnectorSocket(rcvbuf_bytes=s.receive_buffer_bytes,
+                                                use_filter=s.event_filter)
+            except nl.ConnectorUnavailable as exc:
+                if s.source == SOURCE_NETLINK:
+                    raise
+                self.stats.source = SOURCE_PROCFS
+                self.stats.source_reason = (
+                    f"proc connector unavailable ({exc}); polling /proc every "
+                    f"{s.poll_interval_s:g}s: processes shorter than that are missed")
+                log.warning("source=procfs reason=%r", self.stats.source_reason)
+                return
+            sub = self._sock.subscription
+            self.stats.source = SOURCE_NETLINK
+            self.stats.filtered = sub.filtered
+            self.stats.rcvbuf_bytes = sub.rcvbuf_bytes
+            self._check_seq = not sub.filtered
+            self._drops_seen = self._sock.drops() or 0
+            self.stats.source_reason = (
+                f"proc connector, kernel event filter {'on' if sub.filtered else 'off'}, "
+                f"receive buffer {sub.rcvbuf_bytes} bytes"
+                f"{'' if sub.rcvbuf_forced else ' (SO_RCVBUFFORCE refused, capped by rmem_max)'}")
+            log.info("source=netlink filtered=%s rcvbuf=%d", sub.filtered, sub.rcvbuf_bytes)
+        else:
+            self.stats.source = SOURCE_PROCFS
+            self.stats.source_reason = (f"configured: polling /proc every {s.poll_interval_s:g}s; "
+                                        f"processes shorter than that are missed")
+            log.info("source=procfs reason=configured")
+
+    # -- thread ------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.open_source()
+            self._seed()
+            self.ready.set()
+            if self._on_ready:
+                self._on_ready()
+            if self._sock is not None:
+                self._run_netlink(self._sock)
+            else:
+                self._run_polling()
+        except BaseException as exc:  # surfaced to the owner, never swallowed
+            self.failed = exc
+            log.exception("collector failed")
+            self.ready.set()
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+
+    def _walk(self) -> list[procfs.ProcessInfo]:
+        tree = self.tree
+        known = tree.known_starts()
+        walk_stats = procfs.SnapshotStats()
+        infos = procfs.snapshot(cmdline_max_chars=tree.cmdline_max_chars,
+                                cgroup=tree.read_cgroups, known=known, proc=tree.proc,
+                                stats=walk_stats)
+        self.stats.snapshot_vanished += walk_stats.vanished
+        self.stats.snapshot_denied += walk_stats.denied
+        return infos
+
+    def _seed(self) -> None:
+        t0 = time.monotonic()
+        infos = self._walk()
+        with self.tree.lock:
+            res = self.tree.reconcile(infos, source=LINEAGE_SNAPSHOT)
+        log.info("seeded processes=%d in %.3fs", res.added, time.monotonic() - t0)
+
+    def _run_polling(self) -> None:
+        interval = self.settings.poll_interval_s
+        while not self._stop_event.wait(interval):
+            infos = self._walk()
+            with self.tree.lock:
+                self.tree.reconcile(infos, source=LINEAGE_POLL)
+                self.tree.housekeeping()
+            self.stats.polls += 1
+
+    def _run_netlink(self, sock: nl.ConnectorSocket) -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        tree = self.tree
+        next_drops_check = time.monotonic() + 1.0
+        while not self._stop_event.is_set():
+            poller.poll(100)
+            while self._drain(sock) and not self._stop_event.is_set():
+                pass
+            with tree.lock:
+                tree.housekeeping()
+            now = time.monotonic()
+            if now >= next_drops_check:
+                next_drops_check = now + 1.0
+                self._check_drops(sock)
+            if self._resync_due and now - self._last_resync >= self.settings.resync_min_interval_s:
+                self._resync(sock, self._resync_due)
+
+    def _drain(self, sock: nl.ConnectorSocket, limit: int | None = None) -> bool:
+        """Apply up to one batch of queued events; True if more may be waiting."""
+        tree = self.tree
+        stats = self.stats
+        counts = stats.events
+        lag = stats.lag
+        check_seq = self._check_seq
+        last_seq = self._last_seq
+        apply = tree.apply
+        limit = limit or self.settings.batch_max
+        n_events = 0
+        with tree.lock:
+            while n_events < limit:
+                try:
+                    got = sock.recv()
+                except nl.Overrun:
+                    stats.overruns += 1
+                    self._overrun_pending = True
+                    self.request_resync("overrun")
+                    log.warning("overrun: the kernel dropped events (ENOBUFS); resync scheduled")
+                    continue
+                if got is None:
+                    return False
+                buf, nbytes, sender = got
+                try:
+                    events = nl.parse_datagram(buf, nbytes, sender)
+                except nl.ParseError as exc:
+                    stats.parse_errors[exc.reason] = stats.parse_errors.get(exc.reason, 0) + 1
+                    log.debug("dropped datagram: %s", exc)
+                    continue
+                now = time.monotonic_ns()
+                for ev in events:
+                    n_events += 1
+                    name = _EVENT_NAMES[type(ev)]
+                    counts[name] += 1
+                    if name == "ack":
+                        continue
+                    if check_seq:
+                        prev = last_seq.get(ev.cpu)
+                        if prev is not None:
+                            gap = (ev.seq - prev - 1) & 0xFFFFFFFF
+                            if 0 < gap < 0x80000000:
+                                stats.seq_gap_events += gap
+                                self.request_resync("seq_gap")
+                        last_seq[ev.cpu] = ev.seq
+                    elif stats.filtered and type(ev) not in _CONSUMED_TYPES:
+                        self._filter_not_honoured()
+                        check_seq = self._check_seq
+                    apply(ev)
+                    lag.add(now - ev.ts_ns)
+        return True
+
+    def _filter_not_honoured(self) -> None:
+        """An event outside the filter arrived: the kernel ignored the filter."""
+        self.stats.filtered = False
+        self._check_seq = True
+        self._last_seq.clear()
+        log.warning("kernel event filter not honoured; sequence-gap loss detection enabled")
+
+    def _check_drops(self, sock: nl.ConnectorSocket) -> None:
+        drops = sock.drops()
+        if drops is not None and drops > self._drops_seen:
+            self.request_resync("kernel_drops")
+
+    def _resync(self, sock: nl.ConnectorSocket, reason: str) -> None:
+        # apply what is already queued first: the walk must be the newest truth
+        self._drain(sock, limit=max(self.stats.rcvbuf_bytes // nl.BYTES_PER_QUEUED_EVENT, 64))
+        t0 = time.monotonic()
+        self._resync_due = None
+        infos = self._walk()
+        with self.tree.lock:
+            res = self.tree.reconcile(infos, source=LINEAGE_RESYNC)
+        self._last_resync = time.monotonic()
+        st = self.stats
+        drops = sock.drops()
+        drop_delta = 0
+        if drops is not None:
+            drop_delta = max(drops - self._drops_seen, 0)
+            self._drops_seen = drops
+            st.kernel_drops += drop_delta
+        gap_delta = st.seq_gap_events - self._gaps_at_resync
+        self._gaps_at_resync = st.seq_gap_events
+        st.events_lost += max(drop_delta, gap_delta, 1 if self._overrun_pending else 0)
+        self._overrun_pending = False
+        st.resyncs += 1
+        st.resync_reasons[reason] = st.resync_reasons.get(reason, 0) + 1
+        st.last_resync_s = self._last_resync - t0
+        log.warning("resync reason=%s lost_estimate=%d added=%d vanished=%d reused=%d "
+                    "reparented=%d took=%.3fs", reason, max(drop_delta, gap_delta),
+                    res.added, res.vanished, res.reused, res.reparented, st.last_resync_s)
+
+
+_CONSUMED_TYPES = (nl.ForkEvent, nl.ExecEvent, nl.ExitEvent, nl.CommEvent, nl.UidEvent)

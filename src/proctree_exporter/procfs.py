@@ -1,0 +1,381 @@
+"""Read /proc: one process's stat, status, cmdline, exe and cgroup, and whole-host snapshots.
+
+Pure functions and frozen values, no state. Parsers take the text the kernel
+wrote and raise ``ValueError`` on anything else; readers open the file and turn
+the two ways a read can fail into distinct exceptions: the process is gone
+(:class:`ProcessGone`) or the read was refused (:class:`AccessDenied`).
+
+Why not psutil here: the collector reads /proc on the event path (EXEC, and
+the deferred exit check), where a psutil ``Process`` costs several times the
+plain ``os.open``/``os.read`` used below, and the snapshot must parse stat
+exactly as the event path does so that identities (pid, start_ticks) agree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+PROC = "/proc"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_READ_CHUNK = 8192
+
+
+class ProcReadError(Exception):
+    """A read of /proc/PID/... failed; ``pid`` and ``what`` name the file."""
+
+    def __init__(self, pid: int, what: str, detail: str = "") -> None:
+        super().__init__(f"/proc/{pid}/{what}: {detail or self.reason}")
+        self.pid = pid
+        self.what = what
+
+    reason = "read failed"
+
+
+class ProcessGone(ProcReadError):
+    """The process exited (and was reaped) before or during the read."""
+
+    reason = "process gone"
+
+
+class AccessDenied(ProcReadError):
+    """The kernel refused the read (another user's process, ptrace rules)."""
+
+    reason = "access denied"
+
+
+def _classify(pid: int, what: str, exc: OSError) -> ProcReadError:
+    if exc.errno in (errno.ENOENT, errno.ESRCH):
+        return ProcessGone(pid, what)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(pid, what)
+    return ProcReadError(pid, what, os.strerror(exc.errno or 0))
+
+
+def read_bytes(pid: int, what: str, limit: int = _READ_CHUNK, proc: str = PROC) -> bytes:
+    """Return up to ``limit`` bytes of /proc/PID/WHAT, raising ProcessGone/AccessDenied."""
+    path = f"{proc}/{pid}/{what}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _classify(pid, what, exc) from None
+    try:
+        data = os.read(fd, limit)
+        # /proc files normally arrive in one read; loop only for long ones
+        while len(data) < limit:
+            more = os.read(fd, limit - len(data))
+            if not more:
+                break
+            data += more
+        return data
+    except OSError as exc:
+        raise _classify(pid, what, exc) from None
+    finally:
+        os.close(fd)
+
+
+# --- stat -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """The fields of /proc/PID/stat that the tree uses."""
+
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    num_threads: int
+    start_ticks: int  # clock ticks since boot (field 22)
+
+
+def parse_stat(text: str) -> Stat:
+    """Parse /proc/PID/stat.
+
+    comm is whatever lies between the first ``(`` and the *last* ``)``: a
+    process may name itself ``a) b (c``, and only the last parenthesis is
+    the kernel's.
+    """
+    open_ = text.find("(")
+    close = text.rfind(")")
+    if open_ < 1 or close < open_:
+        raise ValueError(f"stat: no (comm) in {text[:64]!r}")
+    fields = text[close + 2 :].split()
+    # fields[0] is field 3 (state); field N is fields[N - 3]
+    if len(fields) < 20:
+        raise ValueError(f"stat: {len(fields) + 2} fields, expected at least 22")
+    try:
+        return Stat(
+            pid=int(text[: open_ - 1]),
+            comm=text[open_ + 1 : close],
+            state=fields[0],
+            ppid=int(fields[1]),
+            pgrp=int(fields[2]),
+            session=int(fields[3]),
+            num_threads=int(fields[17]),
+            start_ticks=int(fields[19]),
+        )
+    except ValueError as exc:
+        raise ValueError(f"stat: {exc}") from None
+
+
+def read_stat(pid: int, proc: str = PROC) -> Stat:
+    """Read and parse /proc/PID/stat."""
+    raw = read_bytes(pid, "stat", proc=proc)
+    if not raw:
+        raise ProcessGone(pid, "stat")
+    return parse_stat(raw.decode("utf-8", "replace"))
+
+
+STATE_NAMES = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "disk_sleep",
+    "Z": "zombie",
+    "T": "stopped",
+    "t": "tracing_stop",
+    "X": "dead",
+    "x": "dead",
+    "K": "wakekill",
+    "W": "waking",
+    "P": "parked",
+    "I": "idle",
+}
+
+
+# --- status -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Identity fields of /proc/PID/status."""
+
+    name: str
+    tgid: int
+    ppid: int
+    uids: tuple[int, int, int, int]  # real, effective, saved, filesystem
+    gids: tuple[int, int, int, int]
+    threads: int
+
+
+def parse_status(text: str) -> Status:
+    """Parse the key: value lines of /proc/PID/status that identify a process."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            values[key] = value.strip()
+    try:
+        uids = tuple(int(v) for v in values["Uid"].split())
+        gids = tuple(int(v) for v in values["Gid"].split())
+        if len(uids) != 4 or len(gids) != 4:
+            raise ValueError("Uid/Gid need four values")
+        return Status(
+            name=values.get("Name", ""),
+            tgid=int(values["Tgid"]),
+            ppid=int(values["PPid"]),
+            uids=uids,  # type: ignore[arg-type]
+            gids=gids,  # type: ignore[arg-type]
+            threads=int(values.get("Threads", "1")),
+        )
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"status: bad or missing field: {exc}") from None
+
+
+def read_status(pid: int, proc: str = PROC) -> Status:
+    """Read and parse /proc/PID/status."""
+    raw = read_bytes(pid, "status", limit=16384, proc=proc)
+    if not raw:
+        raise ProcessGone(pid, "status")
+    return parse_status(raw.decode("utf-8", "replace"))
+
+
+# --- cmdline, exe, cgroup ---------------------------------------------------
+
+
+def parse_cmdline(raw: bytes, max_chars: int) -> str:
+    """NUL-separated argv into one space-joined line of at most ``max_chars``."""
+    text = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+    return text[:max_chars]
+
+
+def read_cmdline(pid: int, max_chars: int = 4096, proc: str = PROC) -> str:
+    """Read /proc/PID/cmdline; empty for kernel threads and zombies."""
+    # 4 bytes per char bounds what UTF-8 can need for max_chars characters
+    return parse_cmdline(read_bytes(pid, "cmdline", limit=max_chars * 4 + 1, proc=proc), max_chars)
+
+
+def read_exe(pid: int, proc: str = PROC) -> str | None:
+    """The executable path, or None for kernel threads and zombies (no mm).
+
+    A replaced or deleted binary keeps the kernel's `` (deleted)`` suffix.
+    """
+    try:
+        return os.readlink(f"{proc}/{pid}/exe")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT and os.path.exists(f"{proc}/{pid}"):
+            return None  # the process exists but has no executable
+        raise _classify(pid, "exe", exc) from None
+
+
+def parse_cgroup(text: str) -> str | None:
+    """The cgroup v2 path (the ``0::`` line), or None on a v1-only host."""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:]
+    return None
+
+
+def read_cgroup(pid: int, proc: str = PROC) -> str | None:
+    """Read the cgroup v2 path of a process."""
+    return parse_cgroup(read_bytes(pid, "cgroup", proc=proc).decode("utf-8", "replace"))
+
+
+# --- whole-host snapshot ----------------------------------------------------
+
+
+def iter_pids(proc: str = PROC) -> Iterator[int]:
+    """Pids of the processes (thread group leaders) in /proc, in directory order."""
+    with os.scandir(proc) as entries:
+        for entry in entries:
+            if entry.name.isdigit():
+                yield int(entry.name)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """One process as a /proc snapshot saw it. Optional fields are None when unreadable."""
+
+    stat: Stat
+    uid: int | None
+    cmdline: str | None
+    exe: str | None
+    cgroup: str | None
+    denied: tuple[str, ...] = ()  # files that were refused
+
+
+def read_process(
+    pid: int,
+    *,
+    cmdline_max_chars: int = 4096,
+    details: bool = True,
+    cgroup: bool = True,
+    proc: str = PROC,
+) -> ProcessInfo:
+    """Read one process; raise ProcessGone if it vanished, tolerate denied detail reads.
+
+    ``details=False`` reads stat alone (for resync of already-known processes).
+    """
+    stat = read_stat(pid, proc)
+    if not details:
+        return ProcessInfo(stat, None, None, None, None)
+    denied: list[str] = []
+    uid = cmd = exe = cg = None
+    try:
+        uid = read_status(pid, proc).uids[1]
+    except AccessDenied:
+        denied.append("status")
+    except ValueError:
+        pass  # an odd status file costs the owner, not the process
+    try:
+        cmd = read_cmdline(pid, cmdline_max_chars, proc)
+    except AccessDenied:
+        denied.append("cmdline")
+    try:
+        exe = read_exe(pid, proc)
+    except AccessDenied:
+        denied.append("exe")
+    if cgroup:
+        try:
+            cg = read_cgroup(pid, proc)
+        except AccessDenied:
+            denied.append("cgroup")
+    return ProcessInfo(stat, uid, cmd, exe, cg, tuple(denied))
+
+
+@dataclass(slots=True)
+class SnapshotStats:
+    """What a snapshot walk ran into."""
+
+    vanished: int = 0  # listed in /proc, gone before it could be read
+    denied: int = 0  # processes with at least one refused read
+    malformed: int = 0  # stat that did not parse
+
+
+def snapshot(
+    *,
+    cmdline_max_chars: int = 4096,
+    details: bool = True,
+    cgroup: bool = True,
+    known: dict[int, int] | None = None,
+    proc: str = PROC,
+    stats: SnapshotStats | None = None,
+) -> list[ProcessInfo]:
+    """Read every process in /proc.
+
+    ``known`` maps pid -> start_ticks of processes whose details the caller
+    already holds: those get a stat read only, which keeps a resync cheap.
+    Processes that vanish mid-walk are skipped and counted in ``stats``.
+    """
+    stats = stats if stats is not None else SnapshotStats()
+    out: list[ProcessInfo] = []
+    for pid in iter_pids(proc):
+        try:
+            if known is not None and pid in known:
+                info = read_process(pid, details=False, proc=proc)
+                if abs(info.stat.start_ticks - known[pid]) > 1:  # pid reused: read it all
+                    info = read_process(
+                        pid, cmdline_max_chars=cmdline_max_chars, cgroup=cgroup, proc=proc
+                    )
+            else:
+                info = read_process(
+                    pid,
+                    cmdline_max_chars=cmdline_max_chars,
+                    details=details,
+                    cgroup=cgroup,
+                    proc=proc,
+                )
+        except ProcessGone:
+            stats.vanished += 1
+            continue
+        except AccessDenied:
+            stats.denied += 1
+            continue
+        except ValueError:
+            stats.malformed += 1
+            continue
+        if info.denied:
+            stats.denied += 1
+        out.append(info)
+    return out
+
+
+# --- clocks -----------------------------------------------------------------
+
+
+def boottime_offset_ns() -> int:
+    """CLOCK_BOOTTIME minus CLOCK_MONOTONIC: add it to a connector timestamp to get boot time.
+
+    The two clocks differ by the time spent suspended, so callers refresh this
+    now and then rather than computing it once.
+    """
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def monotonic_to_ticks(ts_ns: int, offset_ns: int) -> int:
+    """A connector (monotonic) timestamp as stat's start_ticks, exact to within one tick."""
+    return (ts_ns + offset_ns) * CLOCK_TICKS // 1_000_000_000
+
+
+def boot_time_s(proc: str = PROC) -> float:
+    """Wall-clock time of boot (``btime`` of /proc/stat), for absolute start times."""
+    with open(f"{proc}/stat", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    raise ValueError("/proc/stat has no btime")

@@ -1,0 +1,818 @@
+"""PidTree: every process on the host by identity (pid, start_ticks), with fork lineage.
+
+Two parents are kept per process. ``parent`` is the *lineage* parent, the
+process that forked it, kept after the kernel silently reparents the child to
+PID 1 or a subreaper; ``ppid`` is the *current* parent as /proc reports it.
+Descendants are found by lineage, so a root's children stay its children
+after a wrapper exits.
+
+Lifecycle of a node: born at FORK (or seeded from /proc), exited at EXIT
+(still holding its pid until reaped), then either a zombie (the deferred
+check finds it in state Z) or reaped, when it becomes a *tombstone*. Tombstones
+are bounded by capacity and TTL; evicting one splices its lineage children
+onto its own parent so that lineage questions keep their answers.
+
+Threads are not nodes: a thread FORK/EXIT only moves the owner's thread count.
+
+The collector thread is the only writer; it holds :attr:`PidTree.lock` while
+applying a batch. Readers take the lock for the short time needed to copy.
+"""
+
+from __future__ import annotations
+
+import pwd
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from . import netlink as nl
+from .procfs import (
+    PROC,
+    AccessDenied,
+    ProcessGone,
+    ProcessInfo,
+    boottime_offset_ns,
+    monotonic_to_ticks,
+    read_cgroup,
+    read_cmdline,
+    read_exe,
+    read_stat,
+    read_status,
+)
+
+# How lineage of a node was learned; anything but "fork" was inferred from ppid.
+LINEAGE_FORK = "fork"  # a FORK event named the parent
+LINEAGE_SNAPSHOT = "snapshot"  # ppid at start-up (may already be a reparenting)
+LINEAGE_RESYNC = "resync"  # ppid at a resync after lost events
+LINEAGE_LATE = "late"  # first seen at EXEC or via /proc, ppid at that time
+
+
+class Node:
+    """One process identity. Mutable, owned by the tree: copy via :meth:`PidTree.view`."""
+
+    __slots__ = (
+        "cgroup",
+        "children",
+        "cmdline",
+        "comm",
+        "core_dumped",
+        "exe",
+        "exit_code",
+        "exit_inferred",
+        "exit_ns",
+        "exit_signal",
+        "exited",
+        "lineage_source",
+        "parent",
+        "pid",
+        "ppid",
+        "reaped",
+        "start_exact",
+        "start_ticks",
+        "state",
+        "threads",
+        "uid",
+        "zombie_ns",
+    )
+
+    def __init__(self, pid: int, start_ticks: int, *, start_exact: bool, ppid: int,
+                 parent: Node | None, lineage_source: str, comm: str | None = None,
+                 cmdline: str | None = None, exe: str | None = None, uid: int | None = None,
+                 cgroup: str | None = None, state: str = "R", threads: int = 1) -> None:
+        self.pid = pid
+        self.start_ticks = start_ticks
+        self.start_exact = start_exact
+        self.ppid = ppid
+        self.parent = parent
+        self.lineage_source = lineage_source
+        self.comm = comm
+        self.cmdline = cmdline
+        self.exe = exe
+        self.uid = uid
+        self.cgroup = cgroup
+        self.state = state
+        self.threads = threads
+        self.children: dict[Node, None] | None = None  # lineage children, insertion ordered
+        self.exited = False
+        self.reaped = False
+        self.exit_code: int | None = None
+        self.exit_inferred = False  # exit concluded from /proc, not from an EXIT event
+        self.exit_signal: int | None = None
+        self.core_dumped = False
+        self.exit_ns: int | None = None
+        self.zombie_ns: int | None = None  # when the deferred check first saw state Z
+
+    @property
+    def identity(self) -> tuple[int, int]:
+        """(pid, start_ticks): unique across PID reuse."""
+        return (self.pid, self.start_ticks)
+
+    def same_start(self, start_ticks: int) -> bool:
+        """Whether /proc's start time names this process (derived starts are +-1 tick)."""
+        if self.start_exact:
+            return start_ticks == self.start_ticks
+        return abs(start_ticks - self.start_ticks) <= 1
+
+    def __repr__(self) -> str:
+        return f"Node({self.pid}, {self.start_ticks}, {self.comm!r}, exited={self.exited})"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """An immutable copy of a node for readers (CLI, exporters, API)."""
+
+    pid: int
+    start_ticks: int
+    ppid: int
+    lineage_ppid: int | None
+    lineage_start: int | None
+    lineage_source: str
+    comm: str | None
+    cmdline: str | None
+    exe: str | None
+    uid: int | None
+    cgroup: str | None
+    state: str
+    threads: int
+    exited: bool
+    reaped: bool
+    exit_code: int | None
+    exit_signal: int | None
+    exit_ns: int | None
+    zombie: bool
+    orphaned: bool  # alive while its lineage parent has exited
+
+
+@dataclass(slots=True)
+class TreeStats:
+    """Counters of what the tree has applied. Monotonic unless noted."""
+
+    processes_forked: int = 0
+    processes_exited: int = 0
+    threads_created: int = 0
+    threads_exited: int = 0
+    threads_live: int = 0  # gauge: tasks of live processes, leaders included
+    execs: int = 0
+    exec_unread: int = 0  # EXEC whose process was gone before /proc could be read
+    pid_reuse: int = 0  # a FORK or /proc found a new identity under a tracked pid
+    missed_exits: int = 0  # processes that vanished without an EXIT (loss) and were retired
+    stale_events: int = 0  # events older than the identity they name (queued before a resync)
+    unknown_pid_events: int = 0  # events for pids the tree never saw
+    evicted: int = 0  # tombstones dropped by capacity or TTL
+    over_capacity: int = 0  # housekeeping rounds where live nodes alone exceeded capacity
+    zombies_seen: int = 0
+    reparented: int = 0  # current-parent changes observed (kernel reparenting)
+    resync_added: int = 0
+    resync_vanished: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    """What one reconcile against /proc changed."""
+
+    added: int
+    vanished: int
+    reused: int
+    reparented: int
+
+
+@dataclass(slots=True)
+class _UserNames:
+    cache: dict[int, str] = field(default_factory=dict)
+
+    def __call__(self, uid: int | None) -> str:
+        if uid is None:
+            return "?"
+        name = self.cache.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                name = str(uid)
+            self.cache[uid] = name
+        return name
+
+
+class PidTree:
+    """The host's processes by identity, updated from proc connector events."""
+
+    def __init__(
+        self,
+        *,
+        max_nodes: int = 50_000,
+        tombstone_ttl_s: float = 300.0,
+        cmdline_max_chars: int = 4096,
+        read_cgroups: bool = True,
+        reap_check_delay_s: float = 0.02,
+        zombie_recheck_s: float = 1.0,
+        proc: str = PROC,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.max_nodes = max_nodes
+        self.tombstone_ttl_ns = int(tombstone_ttl_s * 1e9)
+        self.cmdline_max_chars = cmdline_max_chars
+        self.read_cgroups = read_cgroups
+        self.reap_check_delay_ns = int(reap_check_delay_s * 1e9)
+        self.zombie_recheck_ns = int(zombie_recheck_s * 1e9)
+        self.proc = proc
+        self.stats = TreeStats()
+        self.user_name = _UserNames()
+        # pid -> node whose pid the kernel still holds (running, exiting or zombie)
+        self._live: dict[int, Node] = {}
+        # reaped nodes in reap order (dict as an ordered set)
+        self._tombstones: dict[Node, None] = {}
+        # exited nodes awaiting the check that tells reaped from zombie
+        self._pending: deque[Node] = deque()
+        self._zombies: dict[int, Node] = {}
+        self._zombie_checked_ns = 0
+        # current parent pid -> its live children, to refresh them when it exits
+        self._by_ppid: dict[int, set[Node]] = {}
+        # nodes the last reconcile found gone: their EXIT may still be queued
+        self._vanished: dict[int, Node] = {}
+        self._offset_ns = boottime_offset_ns()
+        self._offset_at = time.monotonic()
+        self._handlers = {
+            nl.ForkEvent: self._on_fork,
+            nl.ExecEvent: self._on_exec,
+            nl.ExitEvent: self._on_exit,
+            nl.CommEvent: self._on_comm,
+            nl.UidEvent: self._on_uid,
+        }
+
+    # -- reading -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._live) + len(self._tombstones)
+
+    @property
+    def live_count(self) -> int:
+        """Nodes whose pid the kernel still holds (running, exiting or zombie)."""
+        return len(self._live)
+
+    @property
+    def tombstone_count(self) -> int:
+        """Reaped nodes kept for lineage and inspection."""
+        return len(self._tombstones)
+
+    @property
+    def zombie_count(self) -> int:
+        """Exited processes still unreaped (state Z) as of the last check."""
+        return len(self._zombies)
+
+    def get(self, pid: int) -> Node | None:
+        """The node currently holding ``pid`` (alive, exiting or zombie)."""
+        return self._live.get(pid)
+
+    def find(self, pid: int) -> list[Node]:
+        """Every node that held ``pid``, newest first (the live one, then tombstones).
+
+        O(tombstones): for the API and tests, not the event path. Hold :attr:`lock`.
+        """
+        found = [n for n in reversed(self._tombstones) if n.pid == pid]
+        live = self._live.get(pid)
+        return [live, *found] if live is not None else found
+
+    def known_starts(self) -> dict[int, int]:
+        """pid -> start_ticks of every live node (for a cheap resync walk)."""
+        with self.lock:
+            return {pid: n.start_ticks for pid, n in self._live.items()}
+
+    def nodes(self) -> Iterator[Node]:
+        """All nodes, live first. Hold :attr:`lock` while iterating."""
+        yield from self._live.values()
+        yield from self._tombstones
+
+    def view(self, node: Node) -> NodeView:
+        """An immutable copy of ``node``."""
+        parent = node.parent
+        return NodeView(
+            pid=node.pid,
+            start_ticks=node.start_ticks,
+            ppid=node.ppid,
+            lineage_ppid=parent.pid if parent else None,
+            lineage_start=parent.start_ticks if parent else None,
+            lineage_source=node.lineage_source,
+            comm=node.comm,
+            cmdline=node.cmdline,
+            exe=node.exe,
+            uid=node.uid,
+            cgroup=node.cgroup,
+            state=node.state,
+            threads=node.threads,
+            exited=node.exited,
+            reaped=node.reaped,
+            exit_code=node.exit_code,
+            exit_signal=node.exit_signal,
+            exit_ns=node.exit_ns,
+            zombie=node.zombie_ns is not None and not node.reaped,
+            orphaned=(not node.exited and parent is not None and parent.exited),
+        )
+
+    def snapshot(self) -> list[NodeView]:
+        """Every node as an immutable view, taken under the lock."""
+        with self.lock:
+            return [self.view(n) for n in self.nodes()]
+
+    def ancestors(self, node: Node) -> Iterator[Node]:
+        """Lineage ancestors, nearest first; stops at pid 1 or 0, a self-loop or a cycle."""
+        seen = {id(node)}
+        cur = node.parent
+        while cur is not None and id(cur) not in seen:
+            yield cur
+            if cur.pid <= 1:
+                return
+            seen.add(id(cur))
+            cur = cur.parent
+
+    def chain(self, pid: int) -> str:
+        """``pid|comm|user;ppid|comm|user;...`` up to PID 1, by lineage.
+
+        Pids the tree does not know, and ancestors past the first one whose
+        lineage is unknown, continue through /proc's current parent.
+        """
+        parts: list[str] = []
+        seen_pids: set[int] = set()
+        with self.lock:
+            cur = self._live.get(pid)
+            seen_nodes: set[int] = set()
+            while cur is not None:
+                if id(cur) in seen_nodes:
+                    return ";".join(parts)  # a cycle: stop where it closes
+                seen_nodes.add(id(cur))
+                seen_pids.add(cur.pid)
+                parts.append(self._chain_part(cur.pid, cur.comm, cur.uid))
+                if cur.pid <= 1:
+                    return ";".join(parts)
+                if cur.parent is None:
+                    pid = cur.ppid
+                    break
+                cur = cur.parent
+        while pid > 0 and pid not in seen_pids:
+            seen_pids.add(pid)
+            try:
+                st = read_stat(pid, self.proc)
+            except (ProcessGone, AccessDenied, ValueError):
+                parts.append(self._chain_part(pid, None, None))
+                break
+            try:
+                uid: int | None = read_status(pid, self.proc).uids[1]
+            except (ProcessGone, AccessDenied, ValueError):
+                uid = None
+            parts.append(self._chain_part(pid, st.comm, uid))
+            if pid == 1:
+                break
+            pid = st.ppid
+        return ";".join(parts)
+
+    def _chain_part(self, pid: int, comm: str | None, uid: int | None) -> str:
+        return f"{pid}|{comm if comm is not None else '?'}|{self.user_name(uid)}"
+
+    def descendants(self, pid: int, *, include_exited: bool = False) -> list[Node]:
+        """Lineage descendants of the process holding ``pid`` (depth first, pre-order)."""
+        with self.lock:
+            root = self._live.get(pid)
+            if root is None:
+                return []
+            out: list[Node] = []
+            stack = list(reversed(root.children or ()))
+            seen = {id(root)}
+            while stack:
+                n = stack.pop()
+                if id(n) in seen:
+                    continue
+                seen.add(id(n))
+                if include_exited or not n.exited:
+                    out.append(n)
+                if n.children:
+                    stack.extend(reversed(n.children))
+            return out
+
+    def is_descendant(self, pid: int, ancestor: int | str) -> bool:
+        """Whether the process holding ``pid`` descends (by lineage) from ``ancestor``.
+
+        ``ancestor`` is a pid or a comm.
+        """
+        with self.lock:
+            node = self._live.get(pid)
+            if node is None:
+                return False
+            for anc in self.ancestors(node):
+                if (anc.comm == ancestor) if isinstance(ancestor, str) else (anc.pid == ancestor):
+                    return True
+            return False
+
+    # -- writing: events -------------------------------------------------------
+
+    def apply(self, event: nl.Event) -> None:
+        """Apply one connector event. Call with :attr:`lock` held."""
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _ticks(self, ts_ns: int) -> int:
+        return monotonic_to_ticks(ts_ns, self._offset_ns)
+
+    def _is_stale(self, node: Node, ts_ns: int) -> bool:
+        """The event predates the process now holding the pid: it names an older one."""
+        if node.start_ticks > self._ticks(ts_ns) + 1:
+            self.stats.stale_events += 1
+            return True
+        return False
+
+    def _on_fork(self, ev: nl.ForkEvent) -> None:
+        live = self._live
+        if ev.child_pid != ev.child_tgid:
+            self.stats.threads_created += 1
+            self.stats.threads_live += 1
+            owner = live.get(ev.child_tgid)
+            if owner is not None:
+                owner.threads += 1
+            return
+        pid = ev.child_pid
+        start = self._ticks(ev.ts_ns)
+        parent = live.get(ev.parent_tgid)
+        old = live.get(pid)
+        if old is not None:
+            if not old.exited and old.same_start(start):
+                # already known from a snapshot taken after this event was queued:
+                # the event is the better witness of lineage
+                if old.lineage_source != LINEAGE_FORK and parent is not None and parent is not old:
+                    self._set_parent(old, parent)
+                    old.lineage_source = LINEAGE_FORK
+                return
+            if old.start_ticks > start + 1:
+                self.stats.stale_events += 1
+                return
+            self._retire(old)
+        node = Node(pid, start, start_exact=False, ppid=ev.parent_tgid, parent=parent,
+                    lineage_source=LINEAGE_FORK)
+        if parent is not None:
+            # fork copies these; EXEC, COMM and UID events refresh them
+            node.comm = parent.comm
+            node.exe = parent.exe
+            node.cmdline = parent.cmdline
+            node.uid = parent.uid
+            node.cgroup = parent.cgroup
+            if parent.children is None:
+                parent.children = {node: None}
+            else:
+                parent.children[node] = None
+        live[pid] = node
+        kids = self._by_ppid.get(ev.parent_tgid)
+        if kids is None:
+            self._by_ppid[ev.parent_tgid] = {node}
+        else:
+            kids.add(node)
+        self.stats.processes_forked += 1
+        self.stats.threads_live += 1
+
+    def _on_exec(self, ev: nl.ExecEvent) -> None:
+        self.stats.execs += 1
+        pid = ev.tgid
+        node = self._live.get(pid)
+        if node is not None and self._is_stale(node, ev.ts_ns):
+            return
+        try:
+            st = read_stat(pid, self.proc)
+        except (ProcessGone, AccessDenied, ValueError):
+            # gone before we could look: keep what fork told us
+            self.stats.exec_unread += 1
+            if node is None:
+                self.stats.unknown_pid_events += 1
+            return
+        if node is not None and not node.same_start(st.start_ticks):
+            self._retire(node)  # missed an exit and a fork under this pid
+            node = None
+        if node is None:
+            node = self._add_from_proc(pid, st.start_ticks, st.ppid, LINEAGE_LATE)
+        elif node.exited and not node.reaped:
+            # a non-leader thread exec'd: the old leader's EXIT was not the process's
+            self._revive(node)
+        node.start_ticks = st.start_ticks
+        node.start_exact = True
+        node.comm = st.comm
+        node.state = st.state
+        try:
+            node.cmdline = read_cmdline(pid, self.cmdline_max_chars, self.proc)
+            node.exe = read_exe(pid, self.proc)
+            if self.read_cgroups:
+                node.cgroup = read_cgroup(pid, self.proc)
+        except ProcessGone:
+            self.stats.exec_unread += 1
+        except AccessDenied:
+            pass  # another user's binary: comm and stat are what we get
+
+    def _on_exit(self, ev: nl.ExitEvent) -> None:
+        if ev.pid != ev.tgid:
+            self.stats.threads_exited += 1
+            self.stats.threads_live -= 1
+            owner = self._live.get(ev.tgid)
+            if owner is not None:
+                owner.threads -= 1
+            return
+        node = self._live.get(ev.pid)
+        if node is None:
+            node = self._vanished.get(ev.pid)
+            if node is None or not node.exit_inferred or self._is_stale(node, ev.ts_ns):
+                self.stats.unknown_pid_events += 1
+                return
+        if node.exited:
+            if node.exit_inferred and not self._is_stale(node, ev.ts_ns):
+                # a resync concluded this exit; the queued event brings its details
+                self._record_exit(node, ev)
+                self.stats.missed_exits -= 1
+            return
+        if self._is_stale(node, ev.ts_ns):
+            return
+        self._record_exit(node, ev)
+        node.exited = True
+        node.state = "X"
+        node.threads = max(node.threads - 1, 0)
+        self.stats.processes_exited += 1
+        self.stats.threads_live -= 1
+        self._pending.append(node)
+
+    @staticmethod
+    def _record_exit(node: Node, ev: nl.ExitEvent) -> None:
+        node.exit_code, node.exit_signal, node.core_dumped = nl.decode_wait_status(ev.exit_code)
+        node.exit_ns = ev.ts_ns
+        node.exit_inferred = False
+
+    def _on_comm(self, ev: nl.CommEvent) -> None:
+        if ev.pid != ev.tgid:
+            return  # a thread's name is not the process's comm
+        node = self._live.get(ev.pid)
+        if node is not None and not self._is_stale(node, ev.ts_ns):
+            node.comm = ev.comm
+
+    def _on_uid(self, ev: nl.UidEvent) -> None:
+        if ev.pid != ev.tgid:
+            return
+        node = self._live.get(ev.pid)
+        if node is not None and not self._is_stale(node, ev.ts_ns):
+            node.uid = ev.euid
+
+    # -- writing: structure ------------------------------------------------------
+
+    def _set_parent(self, node: Node, parent: Node | None) -> None:
+        old = node.parent
+        if old is not None and old.children:
+            old.children.pop(node, None)
+        node.parent = parent
+        if parent is not None:
+            if parent.children is None:
+                parent.children = {node: None}
+            else:
+                parent.children[node] = None
+
+    def _set_ppid(self, node: Node, ppid: int) -> None:
+        if ppid == node.ppid:
+            return
+        kids = self._by_ppid.get(node.ppid)
+        if kids is not None:
+            kids.discard(node)
+            if not kids:
+                del self._by_ppid[node.ppid]
+        node.ppid = ppid
+        self._by_ppid.setdefault(ppid, set()).add(node)
+        self.stats.reparented += 1
+
+    def _add_from_proc(self, pid: int, start: int, ppid: int, source: str,
+                       info: ProcessInfo | None = None) -> Node:
+        """A node for a process first learned from /proc; lineage = current parent."""
+        parent = self._live.get(ppid)
+        node = Node(pid, start, start_exact=True, ppid=ppid, parent=None, lineage_source=source)
+        if info is not None:
+            st = info.stat
+            node.comm, node.state, node.threads = st.comm, st.state, st.num_threads
+            node.cmdline, node.exe, node.uid, node.cgroup = (
+                info.cmdline, info.exe, info.uid, info.cgroup)
+        elif parent is not None:
+            node.uid, node.cgroup = parent.uid, parent.cgroup
+        self._live[pid] = node
+        self._by_ppid.setdefault(ppid, set()).add(node)
+        self.stats.threads_live += node.threads
+        if parent is not None and parent is not node:
+            self._set_parent(node, parent)
+        return node
+
+    def _revive(self, node: Node) -> None:
+        node.exited = False
+        node.exit_code = node.exit_signal = node.exit_ns = None
+        node.core_dumped = False
+        self.stats.processes_exited -= 1
+        self.stats.threads_live += 1
+        node.threads += 1
+        try:
+            self._pending.remove(node)
+        except ValueError:
+            pass
+
+    def _retire(self, node: Node) -> None:
+        """A new identity holds ``node``'s pid: the old one must be gone (missed or reaped)."""
+        self.stats.pid_reuse += 1
+        if not node.exited:
+            self._infer_exit(node)
+        self._bury(node)
+
+    def _infer_exit(self, node: Node) -> None:
+        """Mark ``node`` exited without its EXIT event (lost, or still queued)."""
+        self.stats.missed_exits += 1
+        self.stats.processes_exited += 1
+        self.stats.threads_live -= node.threads
+        node.exited = True
+        node.exit_inferred = True
+        node.threads = 0
+
+    def _bury(self, node: Node) -> None:
+        """The kernel has reaped ``node``: free its pid, keep it as a tombstone."""
+        if self._live.get(node.pid) is node:
+            del self._live[node.pid]
+        kids = self._by_ppid.get(node.ppid)
+        if kids is not None:
+            kids.discard(node)
+            if not kids:
+                del self._by_ppid[node.ppid]
+        if self._zombies.get(node.pid) is node:
+            del self._zombies[node.pid]
+        node.reaped = True
+        node.state = "X"
+        if node.exit_ns is None:
+            node.exit_ns = time.monotonic_ns()
+        self._tombstones[node] = None
+
+    def _evict(self, node: Node) -> None:
+        """Forget a tombstone; its lineage children move up to its parent."""
+        del self._tombstones[node]
+        parent = node.parent
+        if parent is not None and parent.children:
+            parent.children.pop(node, None)
+        if node.children:
+            for child in node.children:
+                child.parent = parent
+                if parent is not None:
+                    if parent.children is None:
+                        parent.children = {}
+                    parent.children[child] = None
+        node.children = None
+        node.parent = None
+        self.stats.evicted += 1
+
+    # -- writing: /proc ----------------------------------------------------------
+
+    def housekeeping(self, now_ns: int | None = None) -> None:
+        """Deferred work: tell reaped from zombie, refresh reparented children,
+        recheck zombies, evict tombstones. Call with :attr:`lock` held, often
+        (the collector does so whenever it is idle and at least every 100 ms).
+        """
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        pending = self._pending
+        cutoff = now - self.reap_check_delay_ns
+        requeue: list[Node] = []
+        while pending and (pending[0].exit_ns or 0) <= cutoff:
+            node = pending.popleft()
+            if node.reaped or self._live.get(node.pid) is not node:
+                continue
+            if not self._check_exited(node, now):
+                requeue.append(node)
+        pending.extend(requeue)
+        if self._zombies and now - self._zombie_checked_ns >= self.zombie_recheck_ns:
+            self._zombie_checked_ns = now
+            for node in list(self._zombies.values()):
+                self._check_exited(node, now)
+        self._evict_tombstones(now)
+        if time.monotonic() - self._offset_at > 10:
+            self._offset_ns = boottime_offset_ns()  # moves only across suspend
+            self._offset_at = time.monotonic()
+
+    def _check_exited(self, node: Node, now: int) -> bool:
+        """Look at an exited node in /proc; False if the kernel has not settled it yet."""
+        settled = True
+        try:
+            st = read_stat(node.pid, self.proc)
+        except (ProcessGone, ValueError):
+            st = None
+        except AccessDenied:
+            return True  # cannot know; leave it as it is
+        if st is None or not node.same_start(st.start_ticks):
+            self._refresh_children(node)
+            self._bury(node)
+            return True
+        if st.state == "Z":
+            if node.zombie_ns is None:
+                node.zombie_ns = now
+                self.stats.zombies_seen += 1
+            node.state = "Z"
+            self._zombies[node.pid] = node
+        else:
+            settled = False  # still in do_exit
+        if not self._refresh_children(node):
+            settled = False
+        return settled
+
+    def _refresh_children(self, node: Node) -> bool:
+        """Read the new current parent of ``node``'s live children; False if not yet moved."""
+        kids = self._by_ppid.get(node.pid)
+        if not kids:
+            return True
+        moved_all = True
+        for child in list(kids):
+            try:
+                st = read_stat(child.pid, self.proc)
+            except (ProcessGone, AccessDenied, ValueError):
+                continue  # its own EXIT will settle it
+            if not child.same_start(st.start_ticks):
+                continue
+            if st.ppid == node.pid:
+                moved_all = False
+            else:
+                self._set_ppid(child, st.ppid)
+        return moved_all
+
+    def _evict_tombstones(self, now: int) -> None:
+        tomb = self._tombstones
+        ttl_cut = now - self.tombstone_ttl_ns
+        room = self.max_nodes - len(self._live)
+        if room < 0:
+            self.stats.over_capacity += 1
+            room = 0
+        while tomb:
+            oldest = next(iter(tomb))
+            if len(tomb) > room or (oldest.exit_ns or 0) < ttl_cut:
+                self._evict(oldest)
+            else:
+                break
+
+    def reconcile(self, infos: Iterable[ProcessInfo], *, source: str = LINEAGE_RESYNC,
+                  now_ns: int | None = None) -> ReconcileResult:
+        """Make the tree agree with a /proc snapshot. Call with :attr:`lock` held.
+
+        Processes /proc no longer has are retired; new ones are added with
+        lineage = current parent (marked by ``source``); known ones get their
+        current parent, state and comm refreshed. Lineage already known is kept.
+        """
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        by_pid = {info.stat.pid: info for info in infos}
+        self._vanished = {}
+        vanished = reused = reparented = 0
+        for pid, node in list(self._live.items()):
+            info = by_pid.get(pid)
+            if info is None or not node.same_start(info.stat.start_ticks):
+                if info is not None:
+                    reused += 1
+                if not node.exited:
+                    vanished += 1
+                if info is not None:
+                    self._retire(node)
+                else:
+                    self._vanish(node)
+                continue
+            st = info.stat
+            if st.ppid != node.ppid:
+                reparented += 1
+                self._set_ppid(node, st.ppid)
+            node.start_ticks, node.start_exact = st.start_ticks, True
+            node.state = st.state
+            node.comm = st.comm
+            node.threads = st.num_threads
+            if st.state == "Z":
+                if not node.exited:
+                    self._infer_exit(node)
+                    node.threads = st.num_threads
+                    node.exit_ns = now
+                if node.zombie_ns is None:
+                    node.zombie_ns = now
+                    self.stats.zombies_seen += 1
+                self._zombies[pid] = node
+        new = [info for pid, info in by_pid.items() if pid not in self._live]
+        new.sort(key=lambda i: i.stat.start_ticks)  # parents before children
+        for info in new:
+            st = info.stat
+            node = self._add_from_proc(st.pid, st.start_ticks, st.ppid, source, info)
+            if st.state == "Z":
+                node.exited = True
+                node.exit_ns = node.zombie_ns = now
+                self._zombies[st.pid] = node
+                self.stats.zombies_seen += 1
+        # a child may have been listed before its parent: link what is still unlinked
+        for info in new:
+            node = self._live[info.stat.pid]
+            parent = self._live.get(node.ppid)
+            if node.parent is None and parent is not None and parent is not node:
+                self._set_parent(node, parent)
+        # thread counts drift when thread events are lost: /proc is the truth now
+        self.stats.threads_live = sum(n.threads for n in self._live.values() if not n.exited)
+        self.stats.resync_added += len(new)
+        self.stats.resync_vanished += vanished
+        self._evict_tombstones(now)
+        return ReconcileResult(added=len(new), vanished=vanished, reused=reused,
+                               reparented=reparented)
+
+    def _vanish(self, node: Node) -> None:
+        """A tracked process is gone from /proc without an EXIT we saw."""
+        self._vanished[node.pid] = node
+        if not node.exited:
+            self._infer_exit(node)
+        self._bury(node)
