@@ -193,6 +193,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
         print(f"proctree-exporter: {collector.failed}", file=sys.stderr)
         return 1
     if args.for_seconds > 0:
+        print(f"watching events for {args.for_seconds:g}s", file=sys.stderr, flush=True)
         time.sleep(args.for_seconds)
     collector.stop()
     forest = build_forest(tree.snapshot(), args.root)
