@@ -2,6 +2,7 @@
  * loadgen: process and thread storms for bench/event_capture.py.
  *
  *   loadgen MODE WORKERS SECONDS OUTDIR
+ *   loadgen exec PARENT_PID PROGRAM [ARGS...]
  *
  * MODE is fork-exit, fork-exec or threads. The main process forks WORKERS
  * worker processes; each loops until a shared CLOCK_MONOTONIC deadline:
@@ -19,6 +20,10 @@
  * Nothing outlives the run: the deadline stops the workers, and
  * PR_SET_PDEATHSIG kills the main process if the bench dies and the workers
  * if the main process dies.
+ *
+ * "exec" mode is a launcher for helpers that have no deadline of their own
+ * (forkstat): it arms PR_SET_PDEATHSIG, which survives execve, so the helper
+ * is killed if the bench (PARENT_PID) dies without stopping it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -116,8 +121,20 @@ static void worker(enum mode mode, double deadline, struct tally *t, FILE *out)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: loadgen fork-exit|fork-exec|threads WORKERS SECONDS OUTDIR\n");
+	fprintf(stderr, "usage: loadgen fork-exit|fork-exec|threads WORKERS SECONDS OUTDIR\n"
+			"       loadgen exec PARENT_PID PROGRAM [ARGS...]\n");
 	exit(2);
+}
+
+static int exec_tied(char **argv)
+{
+	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+	/* the parent may have died before prctl: then nobody would stop us */
+	if (getppid() != (pid_t)atoi(argv[0]))
+		return 1;
+	execvp(argv[1], &argv[1]);
+	perror(argv[1]);
+	return 127;
 }
 
 int main(int argc, char **argv)
@@ -129,6 +146,8 @@ int main(int argc, char **argv)
 	struct tally *tallies;
 	pid_t main_pid = getpid();
 
+	if (argc >= 4 && !strcmp(argv[1], "exec"))
+		return exec_tied(&argv[2]);
 	if (argc != 5)
 		usage();
 	if (!strcmp(argv[1], "fork-exit"))

@@ -116,6 +116,53 @@ def test_embedded_default_config_is_valid() -> None:
     assert out.returncode == 0 and out.stdout.strip().endswith(": ok"), out.stderr
 
 
+@pytest.mark.kernel
+def test_watch_streams_json_lines_for_one_tree(janitor: Janitor) -> None:
+    holder = janitor.spawn("read line; sh -c 'exit 5'; sleep 60", stdin=subprocess.PIPE)
+    cli = janitor.spawn([EXE, "watch", "--root", str(holder.pid), "--for", "2", "--json"],
+                        stderr=subprocess.PIPE)
+    assert cli.stderr is not None and "watching pid=" in cli.stderr.readline()
+    assert holder.stdin is not None
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    out, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert all({"event", "pid", "start_ticks", "comm", "class", "reason", "ts"} <= set(e)
+               for e in events)
+    assert events[0]["event"] == "added" and events[0]["pid"] == holder.pid
+    exits = [e for e in events if e["event"] == "removed" and e["exit_code"] == 5]
+    assert len(exits) == 1 and "exited with code 5" in exits[0]["reason"]
+    added = [e for e in events if e["event"] == "added" and e["pid"] == exits[0]["pid"]]
+    assert len(added) == 1, "a short-lived child is shown joining and leaving"
+    assert any(e["event"] == "added" and e["comm"] == "sleep" for e in events)
+
+
+@pytest.mark.kernel
+def test_capabilities_are_reported_per_category() -> None:
+    out = subprocess.run([EXE, "capabilities", "--json"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    caps = json.loads(out.stdout)
+    assert set(caps) == {"process_lifecycle", "exec_details", "lineage", "zombie_detection",
+                         "cgroup", "actions"}
+    assert caps["process_lifecycle"]["status"] == "supported"
+    assert caps["process_lifecycle"]["backend"] == "netlink"
+    assert all(c["status"] in ("supported", "partial", "unavailable") and c["reason"]
+               for c in caps.values())
+
+
+@pytest.mark.kernel
+def test_capabilities_without_the_connector_say_what_is_missed() -> None:
+    out = subprocess.run(["unshare", "-n", EXE, "capabilities", "--json"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    caps = json.loads(out.stdout)
+    life = caps["process_lifecycle"]
+    assert life["status"] == "partial" and life["backend"] == "procfs"
+    assert "shorter than the interval are missed" in life["reason"]
+
+
 BAD_CONFIGS = [
     ("collector:\n  sauce: auto\n", "collector.sauce (line 2): unknown key"),
     ("colector: {}\n", "colector (line 1): unknown key"),
@@ -129,6 +176,19 @@ BAD_CONFIGS = [
     ("- just\n- a list\n", "top level must be a mapping"),
     ("collector:\n  source: [unclosed\n", "line 3: not valid YAML"),
     ("collector:\n\tsource: auto\n", "not valid YAML"),
+    ("roots:\n  - name: a\n    select: pid\n    match: one\n", "roots.0 (line 2)"),
+    ("roots:\n  - name: a\n    select: uid\n    match: 1\n", "roots.0.select (line 3)"),
+    ("roots:\n  - name: a\n    select: cmdline\n    match: '(('\n",
+     "not a valid regular expression"),
+    ("roots:\n  - {name: a, select: pid, match: 1}\n  - {name: a, select: pid, match: 2}\n",
+     "root name 'a' is used twice"),
+    ("roots:\n  - name: a b\n    select: pid\n    match: 1\n", "roots.0.name (line 2)"),
+    ("roots:\n  - name: a\n    select: pidfile\n    match: rel.pid\n",
+     "needs an absolute path"),
+    ("roots:\n  - name: a\n    select: pid\n    match: 1\n    actions: {enable: true}\n",
+     "roots.0.actions.enable (line 5): unknown key"),
+    ("roots:\n  - name: a\n    select: pid\n    match: 1\n    max_members: 0\n",
+     "roots.0.max_members (line 5)"),
 ]
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .capabilities import negotiate
 from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .tree import NodeView, PidTree
+from .watch import MemberInfo, RootSpec, Watchers
 
 log = logging.getLogger("proctree_exporter")
 
@@ -94,7 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     collector.ready.wait()
     if collector.failed:
         return 1
-    log.info("ready source=%s nodes=%d", collector.stats.source, len(tree))
+    watchers = Watchers(tree, cfg.root_specs())
+    watchers.attach()
+    log.info("ready source=%s nodes=%d roots=%d", collector.stats.source, len(tree),
+             len(watchers.roots))
     while not stopping.wait(60):
         if collector.failed or not collector.is_alive():
             log.error("collector stopped; exiting")
@@ -103,6 +108,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("status live=%d tombstones=%d events=%d lost=%d resyncs=%d",
                  tree.live_count, tree.tombstone_count, sum(st.events.values()),
                  st.events_lost, st.resyncs)
+        with tree.lock:
+            for root in watchers.roots.values():
+                counts = root.class_counts()
+                log.info("root=%s up=%d members=%d orphaned=%d zombie=%d spawned=%d exited=%d",
+                         root.name, root.alive, root.member_count(), counts["orphaned"],
+                         counts["zombie"], root.spawned_total, root.exited_total)
     collector.stop()
     return 0
 
@@ -185,13 +196,7 @@ def cmd_tree(args: argparse.Namespace) -> int:
     """Snapshot (and optionally watch) the host, then print the tree by lineage."""
     cfg, _ = _load(args.config)
     setup_logging("warning", "text")
-    tree = make_tree(cfg)
-    collector = Collector(tree, cfg.collector.settings())
-    collector.start()
-    collector.ready.wait()
-    if collector.failed:
-        print(f"proctree-exporter: {collector.failed}", file=sys.stderr)
-        return 1
+    tree, collector = _start(cfg)
     if args.for_seconds > 0:
         print(f"watching events for {args.for_seconds:g}s", file=sys.stderr, flush=True)
         time.sleep(args.for_seconds)
@@ -205,6 +210,107 @@ def cmd_tree(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print_forest(forest)
+    return 0
+
+
+def _start(cfg: Config) -> tuple[PidTree, Collector]:
+    """A seeded tree fed by a running collector, or exit 1 saying why not."""
+    tree = make_tree(cfg)
+    collector = Collector(tree, cfg.collector.settings())
+    collector.start()
+    collector.ready.wait()
+    if collector.failed:
+        print(f"proctree-exporter: {collector.failed}", file=sys.stderr)
+        sys.exit(1)
+    return tree, collector
+
+
+def cmd_capabilities(args: argparse.Namespace) -> int:
+    """Print what this host lets the exporter know."""
+    cfg, _ = _load(args.config)
+    setup_logging("error", "text")
+    _, collector = _start(cfg)
+    collector.stop()
+    caps = negotiate(collector.stats, read_cgroups=cfg.tree.read_cgroups,
+                     poll_interval_s=cfg.collector.poll_interval_seconds)
+    if args.json:
+        json.dump({c.category: {"status": c.status, "backend": c.backend, "reason": c.reason}
+                   for c in caps}, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        for c in caps:
+            print(f"{c.category:<18} {c.status:<12} {c.backend:<15} {c.reason}")
+    return 0
+
+
+def _event_line(kind: str, info: MemberInfo | None, *, root: str, ts: float, pid: int = 0,
+                start: int = 0, comm: str | None = None, cls: str = "", reason: str = "",
+                as_json: bool) -> str:
+    doc: dict[str, Any] = {"event": kind, "ts": round(ts, 6), "root": root}
+    if info is not None:
+        doc.update(pid=info.pid, start_ticks=info.start_ticks, comm=info.comm, ppid=info.ppid,
+                   lineage_ppid=info.lineage_ppid, depth=info.depth, **{"class": info.cls},
+                   reason=info.reason, exit_code=info.exit_code, exit_signal=info.exit_signal)
+    else:
+        doc.update(pid=pid, start_ticks=start, comm=comm, **{"class": cls}, reason=reason)
+    if as_json:
+        return json.dumps(doc)
+    stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+    text = f"{stamp} {kind:<8} {doc['pid']:>7} {doc['comm'] or '?':<16} {doc['class']}"
+    return f"{text}  {doc['reason']}" if doc["reason"] else text
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Stream one line per delta and class change of one tree, like forkstat scoped to it."""
+    cfg, _ = _load(args.config)
+    setup_logging("warning", "text")
+    if args.root is not None:
+        spec = RootSpec(name="watch", select="pid", match=str(args.root))
+    elif args.comm is not None:
+        spec = RootSpec(name="watch", select="comm", match=args.comm)
+    else:
+        spec = RootSpec(name="watch", select="pidfile", match=args.pidfile)
+    tree, collector = _start(cfg)
+    watchers = Watchers(tree, [spec])
+    watchers.attach()
+    watcher = watchers.watcher("watch")
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    deadline = time.monotonic() + args.for_seconds if args.for_seconds > 0 else None
+    print(f"watching {spec.select}={spec.match} (source {collector.stats.source})",
+          file=sys.stderr, flush=True)
+    out = sys.stdout
+    first = True
+    try:
+        while not stopping.is_set():
+            obs = watcher.observe(members=False)
+            if first:
+                for w in obs.warnings:
+                    print(f"warning: {w}", file=sys.stderr, flush=True)
+                first = False
+            lines = []
+            for i in obs.delta.transient:  # lived and died since the last look
+                lines.append(_event_line("added", i, root=spec.name, ts=i.started_at,
+                                         as_json=args.json))
+                lines.append(_event_line("removed", i, root=spec.name,
+                                         ts=i.exited_at or obs.ts, as_json=args.json))
+            lines += [_event_line("added", i, root=spec.name, ts=obs.ts, as_json=args.json)
+                      for i in obs.delta.added]
+            lines += [_event_line("removed", i, root=spec.name, ts=i.exited_at or obs.ts,
+                                  as_json=args.json) for i in obs.delta.removed]
+            lines += [_event_line(e.kind if e.kind != "class" else "class", None,
+                                  root=spec.name, ts=e.ts, pid=e.pid, start=e.start_ticks,
+                                  comm=e.comm, cls=e.new, reason=e.reason, as_json=args.json)
+                      for e in obs.events]
+            if lines:
+                out.write("\n".join(lines) + "\n")
+                out.flush()
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            stopping.wait(0.05)
+    finally:
+        collector.stop()
     return 0
 
 
@@ -232,6 +338,19 @@ def build_parser() -> argparse.ArgumentParser:
     tree.add_argument("--for", dest="for_seconds", type=float, default=0.0,
                       help="watch events this many seconds before printing (default 0)")
     tree.add_argument("--json", action="store_true", help="one JSON document")
+    watch = sub.add_parser("watch", help="stream the changes of one process tree")
+    watch.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    which = watch.add_mutually_exclusive_group(required=True)
+    which.add_argument("--root", type=int, help="the tree under this pid")
+    which.add_argument("--comm", help="the trees under processes with this comm")
+    which.add_argument("--pidfile", help="the tree under the pid in this file (re-read "
+                       "when that process dies)")
+    watch.add_argument("--for", dest="for_seconds", type=float, default=0.0,
+                       help="stop after this many seconds (default: until interrupted)")
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
+    caps = sub.add_parser("capabilities", help="what this host lets the exporter know")
+    caps.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    caps.add_argument("--json", action="store_true", help="one JSON document")
     return p
 
 
@@ -239,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``proctree-exporter`` console script."""
     args = build_parser().parse_args(argv)
     command = args.command or "run"
-    handler = {"run": cmd_run, "check-config": cmd_check_config, "tree": cmd_tree}[command]
+    handler = {"run": cmd_run, "check-config": cmd_check_config, "tree": cmd_tree,
+               "watch": cmd_watch, "capabilities": cmd_capabilities}[command]
     return handler(args)
 
 

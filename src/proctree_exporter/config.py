@@ -5,13 +5,16 @@ Unknown keys are rejected everywhere: a typo must fail loudly, not be ignored.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .collector import CollectorSettings
+from .reaper import ActionSpec
+from .watch import RootSpec
 
 DEFAULT_PATHS = (Path("config.yaml"), Path("/etc/proctree-exporter/config.yaml"))
 
@@ -45,7 +48,74 @@ class TreeConfig(_Strict):
     max_nodes: int = Field(50_000, ge=100, le=10_000_000)
     tombstone_ttl_seconds: float = Field(300.0, ge=0, le=7 * 86400)
     cmdline_max_chars: int = Field(4096, ge=0, le=1 << 20)
-    read_cgroups: bool = True
+    read_cgroups: bool = False  # switched on anyway when a root selects by cgroup
+
+
+class ActionsConfig(_Strict):
+    """``roots[].actions:`` opt-in cleanup of a root's leftovers."""
+
+    enabled: bool = False
+    dry_run: bool = True
+    term_grace_seconds: float = Field(5.0, ge=0, le=3600)
+    signal_zombie_parents: bool = False
+
+
+class RootConfig(_Strict):
+    """``roots[]:`` one root to watch."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+    select: Literal["pid", "pidfile", "comm", "exe", "cmdline", "cgroup"]
+    match: str | int
+    include_root: bool = True
+    max_depth: int | None = Field(None, ge=0, le=10_000)
+    max_members: int = Field(10_000, ge=1, le=1_000_000)
+    capture_cmdline: bool = False
+    cmdline_max_chars: int = Field(256, ge=1, le=1 << 20)
+    tombstone_ttl_seconds: float = Field(60.0, ge=0, le=7 * 86400)
+    max_tombstones: int = Field(1_000, ge=0, le=1_000_000)
+    zombie_grace_seconds: float = Field(5.0, ge=0, le=86400)
+    actions: ActionsConfig = ActionsConfig()
+
+    @field_validator("match")
+    @classmethod
+    def _match_text(cls, v: str | int) -> str:
+        return str(v)
+
+    @model_validator(mode="after")
+    def _match_fits_select(self) -> RootConfig:
+        m = str(self.match)
+        if self.select == "pid" and not (m == "self" or m.isdigit()):
+            raise ValueError("match: a pid root matches a number or 'self'")
+        if self.select == "cmdline":
+            try:
+                re.compile(m)
+            except re.error as exc:
+                raise ValueError(f"match: not a valid regular expression: {exc}") from None
+        if self.select in ("pidfile", "cgroup") and not m.startswith("/"):
+            raise ValueError(f"match: a {self.select} root needs an absolute path")
+        if not m:
+            raise ValueError("match: must not be empty")
+        return self
+
+    def spec(self) -> RootSpec:
+        a = self.actions
+        return RootSpec(
+            name=self.name, select=self.select, match=str(self.match),
+            include_root=self.include_root, max_depth=self.max_depth,
+            max_members=self.max_members, capture_cmdline=self.capture_cmdline,
+            cmdline_max_chars=self.cmdline_max_chars,
+            tombstone_ttl_s=self.tombstone_ttl_seconds, max_tombstones=self.max_tombstones,
+            zombie_grace_s=self.zombie_grace_seconds,
+            actions=ActionSpec(enabled=a.enabled, dry_run=a.dry_run,
+                               term_grace_s=a.term_grace_seconds,
+                               signal_zombie_parents=a.signal_zombie_parents),
+        )
+
+
+DEFAULT_ROOTS = (
+    RootConfig(name="host", select="pid", match="1", max_members=1000),
+    RootConfig(name="exporter", select="pid", match="self"),
+)
 
 
 class LogConfig(_Strict):
@@ -60,7 +130,22 @@ class Config(_Strict):
 
     collector: CollectorConfig = CollectorConfig()
     tree: TreeConfig = TreeConfig()
+    roots: list[RootConfig] = Field(default_factory=lambda: list(DEFAULT_ROOTS),
+                                    max_length=1000)
     log: LogConfig = LogConfig()
+
+    @field_validator("roots")
+    @classmethod
+    def _unique_names(cls, roots: list[RootConfig]) -> list[RootConfig]:
+        seen: set[str] = set()
+        for r in roots:
+            if r.name in seen:
+                raise ValueError(f"root name {r.name!r} is used twice")
+            seen.add(r.name)
+        return roots
+
+    def root_specs(self) -> list[RootSpec]:
+        return [r.spec() for r in self.roots]
 
 
 class ConfigError(ValueError):

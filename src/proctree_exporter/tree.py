@@ -20,6 +20,7 @@ applying a batch. Readers take the lock for the short time needed to copy.
 
 from __future__ import annotations
 
+import os
 import pwd
 import threading
 import time
@@ -35,6 +36,7 @@ from .procfs import (
     ProcessInfo,
     boottime_offset_ns,
     monotonic_to_ticks,
+    read_bytes,
     read_cgroup,
     read_cmdline,
     read_exe,
@@ -117,6 +119,36 @@ class Node:
 
     def __repr__(self) -> str:
         return f"Node({self.pid}, {self.start_ticks}, {self.comm!r}, exited={self.exited})"
+
+
+class TreeListener:
+    """What the tree tells downstream (root watchers) as it changes. No-ops here.
+
+    Called by the collector thread with the tree lock held, once per change,
+    so implementations must be O(1)-ish and must not call back into the tree's
+    writing methods.
+    """
+
+    def spawned(self, node: Node) -> None:
+        """A new process: forked, or first found by a resync or an EXEC."""
+
+    def changed(self, node: Node) -> None:
+        """comm, exe or cmdline changed (EXEC or COMM)."""
+
+    def exited(self, node: Node) -> None:
+        """The process exited (EXIT event, or concluded from /proc after loss)."""
+
+    def zombie(self, node: Node) -> None:
+        """An exited process was found unreaped (state Z)."""
+
+    def reaped(self, node: Node) -> None:
+        """The pid was freed: the node is a tombstone now."""
+
+    def reparented(self, node: Node) -> None:
+        """The kernel gave a live process a new current parent (``node.ppid``)."""
+
+    def tick(self, now_ns: int) -> None:
+        """Periodic work, after each housekeeping round (at least every 100 ms)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +236,7 @@ class PidTree:
         max_nodes: int = 50_000,
         tombstone_ttl_s: float = 300.0,
         cmdline_max_chars: int = 4096,
-        read_cgroups: bool = True,
+        read_cgroups: bool = False,
         reap_check_delay_s: float = 0.02,
         zombie_recheck_s: float = 1.0,
         proc: str = PROC,
@@ -218,6 +250,7 @@ class PidTree:
         self.zombie_recheck_ns = int(zombie_recheck_s * 1e9)
         self.proc = proc
         self.stats = TreeStats()
+        self.listener = TreeListener()
         self.user_name = _UserNames()
         # pid -> node whose pid the kernel still holds (running, exiting or zombie)
         self._live: dict[int, Node] = {}
@@ -273,6 +306,20 @@ class PidTree:
         found = [n for n in reversed(self._tombstones) if n.pid == pid]
         live = self._live.get(pid)
         return [live, *found] if live is not None else found
+
+    def enable_cgroups(self) -> None:
+        """Start reading cgroups (at EXEC), and read them now for every live process.
+
+        Off by default: the read costs about as much as the rest of an EXEC.
+        """
+        with self.lock:
+            self.read_cgroups = True
+            for node in self._live.values():
+                if node.cgroup is None and not node.exited:
+                    try:
+                        node.cgroup = read_cgroup(node.pid, self.proc)
+                    except (ProcessGone, AccessDenied):
+                        pass
 
     def known_starts(self) -> dict[int, int]:
         """pid -> start_ticks of every live node (for a cheap resync walk)."""
@@ -467,6 +514,7 @@ class PidTree:
             kids.add(node)
         self.stats.processes_forked += 1
         self.stats.threads_live += 1
+        self.listener.spawned(node)
 
     def _on_exec(self, ev: nl.ExecEvent) -> None:
         self.stats.execs += 1
@@ -474,35 +522,42 @@ class PidTree:
         node = self._live.get(pid)
         if node is not None and self._is_stale(node, ev.ts_ns):
             return
+        proc = self.proc
         try:
-            st = read_stat(pid, self.proc)
-        except (ProcessGone, AccessDenied, ValueError):
-            # gone before we could look: keep what fork told us
+            if node is None:
+                # first sight of this process: stat gives its parent and exact start
+                st = read_stat(pid, proc)
+                node = self._add_from_proc(pid, st.start_ticks, st.ppid, LINEAGE_LATE)
+                node.state = st.state
+                comm = st.comm
+                self.listener.spawned(node)
+            else:
+                # a known process: comm is all stat would add (its start is known to
+                # within a tick, and exec keeps pid and start), at 2/3 of stat's cost
+                comm = read_bytes(pid, "comm", proc=proc).decode("utf-8", "replace").rstrip("\n")
+                if node.exited and not node.reaped:
+                    # a non-leader thread exec'd: the old leader's EXIT was not the process's
+                    self._revive(node)
+            node.comm = comm
+            node.cmdline = read_cmdline(pid, self.cmdline_max_chars, proc)
+            node.exe = read_exe(pid, proc)
+            if self.read_cgroups:
+                node.cgroup = read_cgroup(pid, proc)
+        except ProcessGone:
+            # gone before we could look: it keeps what fork told us
             self.stats.exec_unread += 1
             if node is None:
                 self.stats.unknown_pid_events += 1
-            return
-        if node is not None and not node.same_start(st.start_ticks):
-            self._retire(node)  # missed an exit and a fork under this pid
-            node = None
-        if node is None:
-            node = self._add_from_proc(pid, st.start_ticks, st.ppid, LINEAGE_LATE)
-        elif node.exited and not node.reaped:
-            # a non-leader thread exec'd: the old leader's EXIT was not the process's
-            self._revive(node)
-        node.start_ticks = st.start_ticks
-        node.start_exact = True
-        node.comm = st.comm
-        node.state = st.state
-        try:
-            node.cmdline = read_cmdline(pid, self.cmdline_max_chars, self.proc)
-            node.exe = read_exe(pid, self.proc)
-            if self.read_cgroups:
-                node.cgroup = read_cgroup(pid, self.proc)
-        except ProcessGone:
-            self.stats.exec_unread += 1
+                return
         except AccessDenied:
-            pass  # another user's binary: comm and stat are what we get
+            if node is None:
+                self.stats.unknown_pid_events += 1
+                return
+        except ValueError:
+            self.stats.exec_unread += 1
+            if node is None:
+                return
+        self.listener.changed(node)
 
     def _on_exit(self, ev: nl.ExitEvent) -> None:
         if ev.pid != ev.tgid:
@@ -533,6 +588,7 @@ class PidTree:
         self.stats.processes_exited += 1
         self.stats.threads_live -= 1
         self._pending.append(node)
+        self.listener.exited(node)
 
     @staticmethod
     def _record_exit(node: Node, ev: nl.ExitEvent) -> None:
@@ -546,6 +602,7 @@ class PidTree:
         node = self._live.get(ev.pid)
         if node is not None and not self._is_stale(node, ev.ts_ns):
             node.comm = ev.comm
+            self.listener.changed(node)
 
     def _on_uid(self, ev: nl.UidEvent) -> None:
         if ev.pid != ev.tgid:
@@ -578,6 +635,8 @@ class PidTree:
         node.ppid = ppid
         self._by_ppid.setdefault(ppid, set()).add(node)
         self.stats.reparented += 1
+        if not node.exited:
+            self.listener.reparented(node)
 
     def _add_from_proc(self, pid: int, start: int, ppid: int, source: str,
                        info: ProcessInfo | None = None) -> Node:
@@ -625,6 +684,7 @@ class PidTree:
         node.exited = True
         node.exit_inferred = True
         node.threads = 0
+        self.listener.exited(node)
 
     def _bury(self, node: Node) -> None:
         """The kernel has reaped ``node``: free its pid, keep it as a tombstone."""
@@ -642,6 +702,7 @@ class PidTree:
         if node.exit_ns is None:
             node.exit_ns = time.monotonic_ns()
         self._tombstones[node] = None
+        self.listener.reaped(node)
 
     def _evict(self, node: Node) -> None:
         """Forget a tombstone; its lineage children move up to its parent."""
@@ -683,6 +744,7 @@ class PidTree:
             for node in list(self._zombies.values()):
                 self._check_exited(node, now)
         self._evict_tombstones(now)
+        self.listener.tick(now)
         if time.monotonic() - self._offset_at > 10:
             self._offset_ns = boottime_offset_ns()  # moves only across suspend
             self._offset_at = time.monotonic()
@@ -690,6 +752,18 @@ class PidTree:
     def _check_exited(self, node: Node, now: int) -> bool:
         """Look at an exited node in /proc; False if the kernel has not settled it yet."""
         settled = True
+        st = None
+        if self.proc == PROC:
+            # nearly every exited process is already reaped: kill(pid, 0) says so at
+            # a quarter of the cost of failing to open its stat file
+            try:
+                os.kill(node.pid, 0)
+            except ProcessLookupError:
+                self._refresh_children(node)
+                self._bury(node)
+                return True
+            except PermissionError:
+                pass  # exists, owned by someone else
         try:
             st = read_stat(node.pid, self.proc)
         except (ProcessGone, ValueError):
@@ -704,6 +778,7 @@ class PidTree:
             if node.zombie_ns is None:
                 node.zombie_ns = now
                 self.stats.zombies_seen += 1
+                self.listener.zombie(node)
             node.state = "Z"
             self._zombies[node.pid] = node
         else:
@@ -780,28 +855,30 @@ class PidTree:
             if st.state == "Z":
                 if not node.exited:
                     self._infer_exit(node)
-                    node.threads = st.num_threads
                     node.exit_ns = now
                 if node.zombie_ns is None:
                     node.zombie_ns = now
                     self.stats.zombies_seen += 1
+                    self.listener.zombie(node)
                 self._zombies[pid] = node
         new = [info for pid, info in by_pid.items() if pid not in self._live]
         new.sort(key=lambda i: i.stat.start_ticks)  # parents before children
-        for info in new:
-            st = info.stat
-            node = self._add_from_proc(st.pid, st.start_ticks, st.ppid, source, info)
-            if st.state == "Z":
-                node.exited = True
-                node.exit_ns = node.zombie_ns = now
-                self._zombies[st.pid] = node
-                self.stats.zombies_seen += 1
+        added = [self._add_from_proc(i.stat.pid, i.stat.start_ticks, i.stat.ppid, source, i)
+                 for i in new]
         # a child may have been listed before its parent: link what is still unlinked
-        for info in new:
-            node = self._live[info.stat.pid]
+        for node in added:
             parent = self._live.get(node.ppid)
             if node.parent is None and parent is not None and parent is not node:
                 self._set_parent(node, parent)
+        for node in added:  # parents first, so that downstream inherits along lineage
+            self.listener.spawned(node)
+            if node.state == "Z":
+                node.exited = True
+                node.exit_ns = node.zombie_ns = now
+                self._zombies[node.pid] = node
+                self.stats.zombies_seen += 1
+                self.listener.exited(node)
+                self.listener.zombie(node)
         # thread counts drift when thread events are lost: /proc is the truth now
         self.stats.threads_live = sum(n.threads for n in self._live.values() if not n.exited)
         self.stats.resync_added += len(new)
