@@ -17,8 +17,10 @@ from . import __version__
 from .capabilities import negotiate
 from .collector import Collector
 from .config import Config, ConfigError, load_config
+from .daemon import build, make_tree
 from .tree import NodeView, PidTree
 from .watch import MemberInfo, RootSpec, Watchers
+from .web_config import WebConfigError, load_web_config
 
 log = logging.getLogger("proctree_exporter")
 
@@ -53,13 +55,6 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def make_tree(cfg: Config) -> PidTree:
-    """A PidTree configured from ``tree:``."""
-    t = cfg.tree
-    return PidTree(max_nodes=t.max_nodes, tombstone_ttl_s=t.tombstone_ttl_seconds,
-                   cmdline_max_chars=t.cmdline_max_chars, read_cgroups=t.read_cgroups)
-
-
 def _load(path: str | None) -> tuple[Config, Path | None]:
     """Load the config or exit with status 2 and the reason."""
     try:
@@ -70,52 +65,37 @@ def _load(path: str | None) -> tuple[Config, Path | None]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate the config and say so."""
-    _, path = _load(args.config)
+    """Validate the config (and the web config it names) and say so."""
+    cfg, path = _load(args.config)
+    web = args.web_config_file or cfg.web.config_file
+    if web:
+        try:
+            load_web_config(web)
+        except WebConfigError as exc:
+            print(f"proctree-exporter: bad web config: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     print(f"{path or '(built-in defaults)'}: ok")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the collector until SIGTERM or SIGINT."""
+    """Run the exporter until SIGTERM or SIGINT."""
     cfg, path = _load(args.config)
-    setup_logging(cfg.log.level if not args.log_level else args.log_level,
-                  args.log_format or cfg.log.format)
+    setup_logging(args.log_level or cfg.log.level, args.log_format or cfg.log.format)
     log.info("starting version=%s config=%s", __version__, path or "(built-in defaults)")
-    tree = make_tree(cfg)
-    collector = Collector(tree, cfg.collector.settings())
-    stopping = threading.Event()
-
-    def _stop(signum: int, _frame: object) -> None:
-        log.info("signal=%s shutting down", signal.Signals(signum).name)
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    collector.start()
-    collector.ready.wait()
-    if collector.failed:
+    try:
+        daemon = build(cfg, path, args.listen_address, args.web_config_file)
+    except WebConfigError as exc:
+        print(f"proctree-exporter: bad web config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:  # listen address
+        print(f"proctree-exporter: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", args.listen_address or cfg.web.listen_address,
+                  exc.strerror or exc)
         return 1
-    watchers = Watchers(tree, cfg.root_specs())
-    watchers.attach()
-    log.info("ready source=%s nodes=%d roots=%d", collector.stats.source, len(tree),
-             len(watchers.roots))
-    while not stopping.wait(60):
-        if collector.failed or not collector.is_alive():
-            log.error("collector stopped; exiting")
-            return 1
-        st = collector.stats
-        log.info("status live=%d tombstones=%d events=%d lost=%d resyncs=%d",
-                 tree.live_count, tree.tombstone_count, sum(st.events.values()),
-                 st.events_lost, st.resyncs)
-        with tree.lock:
-            for root in watchers.roots.values():
-                counts = root.class_counts()
-                log.info("root=%s up=%d members=%d orphaned=%d zombie=%d spawned=%d exited=%d",
-                         root.name, root.alive, root.member_count(), counts["orphaned"],
-                         counts["zombie"], root.spawned_total, root.exited_total)
-    collector.stop()
-    return 0
+    return daemon.run()
 
 
 # --- tree ---------------------------------------------------------------------
@@ -332,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["debug", "info", "warning", "error"])
         q.add_argument("--log.format", dest="log_format", default=default,
                        choices=["text", "json"])
+        q.add_argument("--web.listen-address", dest="listen_address", default=default,
+                       help="[HOST]:PORT to serve on (default from config, ':9632')")
+    for q, default in ((p, None), (run, argparse.SUPPRESS), (check, argparse.SUPPRESS)):
+        q.add_argument("--web.config.file", dest="web_config_file", default=default,
+                       help="exporter-toolkit web config: TLS and basic auth")
     for q in (run, check, tree):
         q.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     tree.add_argument("--root", type=int, help="only this live pid and its descendants")

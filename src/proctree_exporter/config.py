@@ -118,6 +118,29 @@ DEFAULT_ROOTS = (
 )
 
 
+class WebSettings(_Strict):
+    """``web:`` the HTTP server."""
+
+    listen_address: str = ":9632"
+    config_file: str | None = None  # exporter-toolkit web config: TLS and basic auth
+    max_connections: int = Field(64, ge=1, le=10_000)
+    read_timeout_seconds: float = Field(10.0, gt=0, le=600)
+
+    @field_validator("listen_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        _, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or int(port) > 65535:
+            raise ValueError("expected [HOST]:PORT, for example ':9632' or '127.0.0.1:9632'")
+        return v
+
+
+class HostConfig(_Strict):
+    """``host:`` host-wide numbers that need a /proc walk."""
+
+    state_sample_interval_seconds: float = Field(15.0, ge=1, le=3600)
+
+
 class LogConfig(_Strict):
     """``log:`` level and format of the daemon's own log lines."""
 
@@ -128,8 +151,10 @@ class LogConfig(_Strict):
 class Config(_Strict):
     """The whole config.yaml."""
 
+    web: WebSettings = WebSettings()
     collector: CollectorConfig = CollectorConfig()
     tree: TreeConfig = TreeConfig()
+    host: HostConfig = HostConfig()
     roots: list[RootConfig] = Field(default_factory=lambda: list(DEFAULT_ROOTS),
                                     max_length=1000)
     log: LogConfig = LogConfig()

@@ -103,10 +103,9 @@ class Reaper:
             root.class_changes_total[event.new] = root.class_changes_total.get(event.new, 0) + 1
 
     def _set(self, root: RootState, node: Node, new: str, reason: str) -> None:
-        old = root.classes.get(node, (HEALTHY, ""))[0]
-        if old == new:
+        if root.class_of(node) == new:
             return
-        root.classes[node] = (new, reason)
+        old = root.set_class(node, new, reason)
         self.record(root, node, old, new, reason)
 
     @staticmethod

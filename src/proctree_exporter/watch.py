@@ -173,6 +173,28 @@ class Observation:
     warnings: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class RootView:
+    """A root as the JSON API shows it (see :meth:`Watchers.view`)."""
+
+    name: str
+    select: str
+    match: str
+    up: bool
+    instances: tuple[MemberInfo, ...]
+    member_count: int
+    classes: Mapping[str, int]
+    spawned_total: int
+    exited_total: int
+    restarts_total: int
+    truncated: bool
+    members: tuple[MemberInfo, ...]  # capped by max_members; empty unless asked for
+    recent: tuple[tuple[str, MemberInfo], ...]  # ("added" | "removed", member), newest last
+    tombstones: tuple[MemberInfo, ...]
+    events: tuple[RootEvent, ...]  # newest last
+    warnings: tuple[str, ...]
+
+
 _ADD, _REMOVE = 1, 2
 
 
@@ -187,6 +209,8 @@ class RootState:
         self.unreaped: dict[Node, int] = {}  # exited members still holding their pid
         self.classes: dict[Node, tuple[str, str]] = {}  # non-healthy class and reason
         self.depth_counts: dict[int, int] = {}
+        self.n_listed = 0  # live members shown (instances hidden with include_root off)
+        self.n_class = {HEALTHY: 0, ORPHANED: 0, ZOMBIE: 0}
         self.tombstones: dict[Identity, MemberInfo] = {}
         self.log: deque[tuple[int, int, Node, MemberInfo | None]] = deque(
             maxlen=spec.change_log_size)
@@ -219,24 +243,28 @@ class RootState:
         return depth > 0 or self.spec.include_root
 
     def member_count(self) -> int:
-        """Live members shown by this root."""
-        if self.spec.include_root:
-            return len(self.members)
-        return sum(1 for d in self.members.values() if d > 0)
+        """Live members shown by this root. O(1)."""
+        return self.n_listed
 
     def class_counts(self) -> dict[str, int]:
-        """Live members by class (zombies: exited, unreaped, past the grace). O(members)."""
-        counts = {HEALTHY: 0, ORPHANED: 0, ZOMBIE: 0}
-        for node, depth in self.members.items():
-            if not self.listed(depth):
-                continue
-            cls = self.classes.get(node)
-            counts[cls[0] if cls else HEALTHY] += 1
-        for node in self.unreaped:
-            cls = self.classes.get(node)
-            if cls and cls[0] == ZOMBIE:
-                counts[ZOMBIE] += 1
-        return counts
+        """Live members by class; zombies are exited, unreaped and past the grace. O(1)."""
+        return dict(self.n_class)
+
+    def class_of(self, node: Node) -> str:
+        return self.classes[node][0] if node in self.classes else HEALTHY
+
+    def set_class(self, node: Node, cls: str, reason: str) -> str:
+        """Give ``node`` a class, keeping the per-class counts exact; return the old class."""
+        old = self.class_of(node)
+        if node in self.members:
+            if self.listed(self.members[node]):
+                self.n_class[old] -= 1
+                self.n_class[cls] += 1
+        elif node in self.unreaped and self.listed(self.unreaped[node]):
+            # only the zombie count is kept for exited members
+            self.n_class[ZOMBIE] += (cls == ZOMBIE) - (old == ZOMBIE)
+        self.classes[node] = (cls, reason)
+        return old
 
 
 class Watchers(TreeListener):
@@ -345,6 +373,8 @@ class Watchers(TreeListener):
         if depth == 0 and not root.spec.include_root:
             return
         root.depth_counts[depth] = root.depth_counts.get(depth, 0) + 1
+        root.n_listed += 1
+        root.n_class[HEALTHY] += 1
         root.spawned_total += 1
         root.seq += 1
         root.log.append((root.seq, _ADD, node, None))
@@ -354,6 +384,9 @@ class Watchers(TreeListener):
         root.unreaped[node] = depth
         if depth > 0 or root.spec.include_root:
             root.depth_counts[depth] -= 1
+            root.n_listed -= 1
+            cls = root.class_of(node)
+            root.n_class[cls if cls in (HEALTHY, ORPHANED) else HEALTHY] -= 1
             root.exited_total += 1
             info = self.info(root, node, depth, EXITED, self.reaper.exit_reason(node))
             root.seq += 1
@@ -417,6 +450,7 @@ class Watchers(TreeListener):
             cls = root.classes.pop(node, None)
             info = self.info(root, node, depth, EXITED, self.reaper.exit_reason(node))
             if cls and cls[0] == ZOMBIE:
+                root.n_class[ZOMBIE] -= 1
                 self.reaper.record(root, node, ZOMBIE, EXITED,
                                    f"zombie {node.pid} ({node.comm}) was reaped")
             self._add_tombstone(root, info)
@@ -512,6 +546,51 @@ class Watchers(TreeListener):
             exit_signal=node.exit_signal,
         )
 
+    def view(self, name: str, *, members: bool = False, recent: int = 100) -> RootView:
+        """One root for the API: counts, and with ``members`` the capped listing,
+        the last ``recent`` membership changes, tombstones and events."""
+        with self.tree.lock:
+            root = self.roots[name]
+            spec = root.spec
+            listing: tuple[MemberInfo, ...] = ()
+            recent_changes: list[tuple[str, MemberInfo]] = []
+            tombstones: tuple[MemberInfo, ...] = ()
+            events: tuple[RootEvent, ...] = ()
+            if members:
+                # live members, then zombies (exited, seen unreaped in /proc)
+                chosen = [(n, d) for n, d in root.members.items() if root.listed(d)]
+                if len(chosen) > spec.max_members:
+                    chosen = sorted(chosen, key=lambda kv: (kv[1], kv[0].start_ticks))
+                    chosen = chosen[: spec.max_members]
+                listing = tuple(self.info(root, n, d) for n, d in chosen)
+                room = spec.max_members - len(listing)
+                unreaped = [(n, d) for n, d in root.unreaped.items()
+                            if root.listed(d) and n.zombie_ns is not None][:room]
+                listing += tuple(
+                    self.info(root, n, d, *(root.classes[n] if root.class_of(n) == ZOMBIE
+                                            else (EXITED, self.reaper.exit_reason(n))))
+                    for n, d in unreaped)
+                for _, kind, node, info in list(root.log)[-recent:] if recent else ():
+                    if kind == _ADD:
+                        depth = root.members.get(node, root.unreaped.get(node, 0))
+                        recent_changes.append(("added", self.info(root, node, depth)))
+                    elif info is not None:
+                        recent_changes.append(("removed", info))
+                tombstones = tuple(root.tombstones.values())
+                events = tuple(e for _, e in list(root.class_log)[-recent:]) if recent else ()
+            warnings = []
+            if not root.alive and root.selector.pidfile_error:
+                warnings.append(root.selector.pidfile_error)
+            return RootView(
+                name=root.name, select=spec.select, match=spec.match, up=root.alive,
+                instances=tuple(self.info(root, n, 0) for n in root.instances),
+                member_count=root.member_count(), classes=root.class_counts(),
+                spawned_total=root.spawned_total, exited_total=root.exited_total,
+                restarts_total=root.restarts,
+                truncated=root.member_count() > spec.max_members, members=listing,
+                recent=tuple(recent_changes), tombstones=tombstones, events=events,
+                warnings=tuple(warnings))
+
     def watcher(self, name: str) -> Watcher:
         """A new consumer of ``name``'s changes; its first observation has every member added."""
         if name not in self.roots:
@@ -532,8 +611,13 @@ class Watcher:
         self._first = True
 
     def observe(self, members: bool = True) -> Observation:
-        """Snapshot the root. O(changes since the previous call), plus O(members) when
-        ``members`` is true (the listing is capped by ``max_members``)."""
+        """Snapshot the root. O(changes since the previous call), plus O(members) and
+        O(tombstones) when ``members`` is true (the listing is capped by ``max_members``).
+
+        In-process consumers should sleep between calls, not spin: the collector
+        thread needs the GIL to apply events (a loop that never yields delays it
+        by Python's 5 ms switch interval).
+        """
         w = self.watchers
         with w.tree.lock:
             root = w.roots.get(self.name)
@@ -611,7 +695,7 @@ class Watcher:
                 classes=MappingProxyType({**root.class_counts(),
                                           EXITED: len(root.tombstones)}),
                 events=tuple(events),
-                tombstones=tuple(root.tombstones.values()),
+                tombstones=tuple(root.tombstones.values()) if members else (),
                 truncated=truncated,
                 warnings=tuple(warnings),
             )

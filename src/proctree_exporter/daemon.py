@@ -1,0 +1,171 @@
+"""The running exporter: collector, watchers, host sampler and web server, wired together.
+
+Signals: SIGTERM and SIGINT shut down cleanly (well within 2 s); SIGHUP
+reloads the config. A reload adds and removes roots without touching the
+tree; settings that only take effect at start (event source, buffer size,
+listen address, web config) are reported as such. A bad reload keeps the
+running config and is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from .capabilities import Capability, negotiate
+from .collector import Collector
+from .config import Config, ConfigError, load_config
+from .export.prometheus import SnapshotCollector
+from .host import HostStateSampler
+from .snapshot import ReloadStatus, Snapshot, take
+from .tree import PidTree
+from .watch import Watchers
+from .web import App, Server, make_server
+from .web_config import WebConfig, load_web_config
+
+log = logging.getLogger("proctree_exporter")
+
+
+def make_tree(cfg: Config) -> PidTree:
+    """A PidTree configured from ``tree:``."""
+    t = cfg.tree
+    return PidTree(max_nodes=t.max_nodes, tombstone_ttl_s=t.tombstone_ttl_seconds,
+                   cmdline_max_chars=t.cmdline_max_chars, read_cgroups=t.read_cgroups)
+
+
+class Daemon:
+    """One exporter process. Construct (binds the port), then :meth:`run`."""
+
+    def __init__(self, cfg: Config, *, config_path: Path | None, listen_address: str,
+                 web_config: WebConfig) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.listen_address = listen_address
+        self.web_config = web_config
+        self.tree = make_tree(cfg)
+        self.collector = Collector(self.tree, cfg.collector.settings())
+        self.sampler = HostStateSampler(cfg.host.state_sample_interval_seconds)
+        self.watchers: Watchers | None = None
+        self.capabilities: tuple[Capability, ...] = ()
+        self.reloads = ReloadStatus()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SnapshotCollector(self.snapshot))
+        self.app = App(self.registry, web_config, lambda: self.watchers,
+                       lambda: self.watchers is not None)
+        self.server: Server = make_server(listen_address, self.app, web_config=web_config,
+                                          max_connections=cfg.web.max_connections,
+                                          read_timeout_s=cfg.web.read_timeout_seconds)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._server_thread = threading.Thread(target=self.server.serve_forever,
+                                               kwargs={"poll_interval": 0.1},
+                                               name="proctree-http", daemon=True)
+
+    def snapshot(self) -> Snapshot:
+        """The state as /metrics shows it, now."""
+        return take(self.tree, self.collector, self.watchers, self.capabilities,
+                    self.sampler.latest, self.reloads)
+
+    def start(self) -> None:
+        """Start collecting and serving; return once the tree is seeded and roots attached."""
+        self.collector.start()
+        self._server_thread.start()
+        host, port = self.server.server_address[:2]
+        log.info("listening address=%s port=%d tls=%s auth=%s", host, port,
+                 self.server.ssl_context is not None, self.web_config.auth_required())
+        self.collector.ready.wait()
+        if self.collector.failed is not None:
+            raise RuntimeError(f"collector failed: {self.collector.failed}")
+        self.sampler.start()
+        watchers = Watchers(self.tree, self.cfg.root_specs())
+        watchers.attach()
+        self.capabilities = tuple(negotiate(
+            self.collector.stats, read_cgroups=self.tree.read_cgroups,
+            poll_interval_s=self.cfg.collector.poll_interval_seconds))
+        self.watchers = watchers  # from here /-/ready says 200
+        log.info("ready source=%s processes=%d roots=%d", self.collector.stats.source,
+                 self.tree.live_count, len(watchers.roots))
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; reload on SIGHUP. Returns the exit status."""
+        def on_stop(signum: int, _frame: object) -> None:
+            log.info("signal=%s shutting down", signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        try:
+            self.start()
+            while not self._stop.wait(0.2):
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                if not self.collector.is_alive():
+                    log.error("collector stopped (%s); exiting", self.collector.failed)
+                    return 1
+            return 0
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            return 1
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Stop serving and collecting."""
+        self._stop.set()
+        if self._server_thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+        self.sampler.stop()
+        self.collector.stop(timeout=1.0)
+
+    def reload(self) -> bool:
+        """Re-read the config file and apply what can change while running."""
+        t0 = time.time()
+        try:
+            new, _ = load_config(self.config_path)
+            assert self.watchers is not None
+            self.watchers.set_roots(new.root_specs())
+        except (ConfigError, ValueError, AssertionError) as exc:
+            r = self.reloads
+            self.reloads = ReloadStatus(r.success_total, r.failure_total + 1, False, t0, str(exc))
+            log.error("reload failed, keeping the running config: %s", exc)
+            return False
+        with self.tree.lock:
+            self.tree.max_nodes = new.tree.max_nodes
+            self.tree.tombstone_ttl_ns = int(new.tree.tombstone_ttl_seconds * 1e9)
+            self.tree.cmdline_max_chars = new.tree.cmdline_max_chars
+        if new.tree.read_cgroups and not self.tree.read_cgroups:
+            self.tree.enable_cgroups()
+        logging.getLogger().setLevel(new.log.level.upper())
+        restart = [key for key, old, now in (
+            ("collector", self.cfg.collector, new.collector),
+            ("web", self.cfg.web, new.web),
+            ("host", self.cfg.host, new.host),
+            ("log.format", self.cfg.log.format, new.log.format)) if old != now]
+        if restart:
+            log.warning("reload: %s changed and take effect at the next start",
+                        ", ".join(restart))
+        self.cfg = new
+        r = self.reloads
+        self.reloads = ReloadStatus(r.success_total + 1, r.failure_total, True, t0, "")
+        log.info("reloaded config=%s roots=%d", self.config_path, len(self.watchers.roots))
+        return True
+
+
+def build(cfg: Config, config_path: Path | None, listen_override: str | None,
+          web_config_override: str | None) -> Daemon:
+    """A Daemon from config and flags (flags win). Raises WebConfigError, OSError."""
+    web_path = web_config_override or cfg.web.config_file
+    if web_path and config_path and not os.path.isabs(web_path) and not web_config_override:
+        web_path = str(config_path.parent / web_path)
+    return Daemon(cfg, config_path=config_path,
+                  listen_address=listen_override or cfg.web.listen_address,
+                  web_config=load_web_config(web_path))

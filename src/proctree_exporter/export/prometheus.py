@@ -1,0 +1,226 @@
+"""A prometheus_client Collector that builds every family from one :class:`Snapshot`.
+
+Each scrape takes one snapshot (O(roots)) and formats it; concurrent scrapes
+each take their own. Families are built fresh per scrape, so a root removed
+by a reload disappears from /metrics at once. No family carries a ``pid``
+label: per-process detail belongs to the JSON API and OpenTelemetry.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ..reaper import HEALTHY, ORPHANED, ZOMBIE
+from ..snapshot import Snapshot
+
+LIVE_CLASSES = (HEALTHY, ORPHANED, ZOMBIE)
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    """Every metric family for ``snap``, in a stable order."""
+    yield from _root_families(snap)
+    yield from _host_families(snap)
+    yield from _self_families(snap)
+
+
+def _root_families(snap: Snapshot) -> Iterator[Metric]:
+    roots = snap.roots
+    up = GaugeMetricFamily("proctree_root_up",
+                           "1 while at least one process matching the root is alive.",
+                           labels=["root"])
+    instances = GaugeMetricFamily("proctree_root_instances",
+                                  "Live processes matching the root's selector (nested "
+                                  "matches count once).", labels=["root"])
+    start = GaugeMetricFamily("proctree_root_start_time_seconds",
+                              "Start time of the newest live root instance, seconds since "
+                              "the epoch.", labels=["root"])
+    procs = GaugeMetricFamily("proctree_root_processes",
+                              "Live members of the root's tree by class (zombie: exited, "
+                              "unreaped past the grace).", labels=["root", "class"])
+    spawned = CounterMetricFamily("proctree_root_spawned",
+                                  "Processes that joined the root's tree, short-lived "
+                                  "included.", labels=["root"])
+    exited = CounterMetricFamily("proctree_root_exited",
+                                 "Processes that left the root's tree (exited).",
+                                 labels=["root"])
+    restarts = CounterMetricFamily("proctree_root_restarts",
+                                   "Times a root instance was replaced by a new identity.",
+                                   labels=["root"])
+    reuse = CounterMetricFamily("proctree_root_pid_reuse",
+                                "Exited members whose pid was given to another process.",
+                                labels=["root"])
+    actions = CounterMetricFamily("proctree_root_actions",
+                                  "Signals sent (or, in dry run, not sent) to members, by "
+                                  "action and outcome.", labels=["root", "action", "outcome"])
+    changes = CounterMetricFamily("proctree_root_class_changes",
+                                  "Members that changed to a class.", labels=["root", "class"])
+    depth = GaugeMetricFamily("proctree_root_max_depth",
+                              "Deepest live member, in generations below its instance.",
+                              labels=["root"])
+    truncated = GaugeMetricFamily("proctree_root_truncated",
+                                  "1 when the root has more members than max_members lists.",
+                                  labels=["root"])
+    tombstones = GaugeMetricFamily("proctree_root_tombstones",
+                                   "Exited members kept for inspection.", labels=["root"])
+    for r in roots:
+        n = [r.name]
+        up.add_metric(n, 1.0 if r.up else 0.0)
+        instances.add_metric(n, r.instances)
+        if r.start_time is not None:
+            start.add_metric(n, r.start_time)
+        for cls in LIVE_CLASSES:
+            procs.add_metric([r.name, cls], r.classes.get(cls, 0))
+        spawned.add_metric(n, r.spawned_total)
+        exited.add_metric(n, r.exited_total)
+        restarts.add_metric(n, r.restarts_total)
+        reuse.add_metric(n, r.pid_reuse_total)
+        for (action, outcome), count in sorted(r.actions.items()):
+            actions.add_metric([r.name, action, outcome], count)
+        for cls, count in sorted(r.class_changes.items()):
+            changes.add_metric([r.name, cls], count)
+        depth.add_metric(n, r.max_depth)
+        truncated.add_metric(n, 1.0 if r.truncated else 0.0)
+        tombstones.add_metric(n, r.tombstones)
+    yield from (up, instances, start, procs, spawned, exited, restarts, reuse, actions, changes,
+                depth, truncated, tombstones)
+
+
+def _host_families(snap: Snapshot) -> Iterator[Metric]:
+    states = GaugeMetricFamily("proctree_processes",
+                               "Processes on the host by state, from a periodic walk of "
+                               "/proc (see proctree_host_states_age_seconds).",
+                               labels=["state"])
+    age = GaugeMetricFamily("proctree_host_states_age_seconds",
+                            "Age of the /proc walk behind proctree_processes.")
+    if snap.host_states is not None:
+        for state, count in sorted(snap.host_states.by_state.items()):
+            states.add_metric([state], count)
+        age.add_metric([], max(snap.ts - snap.host_states.ts, 0.0))
+    yield states
+    yield age
+    yield GaugeMetricFamily("proctree_zombies",
+                            "Exited processes on the host not yet reaped by their parent.",
+                            value=snap.host_zombies)
+    yield GaugeMetricFamily("proctree_threads",
+                            "Threads of live processes on the host (leaders included).",
+                            value=max(snap.threads, 0))
+    yield CounterMetricFamily("proctree_processes_forked",
+                              "Processes created on the host since start (events).",
+                              value=snap.processes_forked)
+    yield CounterMetricFamily("proctree_processes_exited",
+                              "Processes that exited on the host since start.",
+                              value=snap.processes_exited)
+
+
+def _self_families(snap: Snapshot) -> Iterator[Metric]:
+    events = CounterMetricFamily("proctree_events",
+                                 "Proc connector events received, by type.", labels=["type"])
+    for kind, count in snap.events.items():
+        events.add_metric([kind], count)
+    yield events
+    yield CounterMetricFamily("proctree_events_lost",
+                              "Events the kernel dropped for this exporter (best estimate "
+                              "per loss episode: socket drop counter, sequence gaps, "
+                              "overruns); each loss triggers a resync.",
+                              value=snap.events_lost)
+    yield CounterMetricFamily("proctree_overruns",
+                              "Receive buffer overruns reported by the kernel (ENOBUFS).",
+                              value=snap.overruns)
+    resyncs = CounterMetricFamily("proctree_resyncs",
+                                  "Resyncs of the tree from /proc after detected loss, by "
+                                  "reason.", labels=["reason"])
+    for reason in ("overrun", "seq_gap", "kernel_drops"):
+        resyncs.add_metric([reason], snap.resyncs.get(reason, 0))
+    yield resyncs
+    errors = CounterMetricFamily("proctree_parse_errors",
+                                 "Netlink datagrams dropped as malformed or not from the "
+                                 "kernel, by reason.", labels=["reason"])
+    for reason, count in sorted(snap.parse_errors.items()):
+        errors.add_metric([reason], count)
+    yield errors
+    yield CounterMetricFamily("proctree_missed_exits",
+                              "Processes found gone by a resync without their EXIT event.",
+                              value=snap.missed_exits)
+    yield CounterMetricFamily("proctree_exec_unread",
+                              "EXEC events whose process was gone before /proc could be read.",
+                              value=snap.exec_unread)
+    yield CounterMetricFamily("proctree_stale_events",
+                              "Events ignored because they named an older process than the "
+                              "one holding the pid.", value=snap.stale_events)
+    yield CounterMetricFamily("proctree_pid_reuse",
+                              "Times a new process took a pid the tree still held.",
+                              value=snap.pid_reuse)
+    yield GaugeMetricFamily("proctree_tree_nodes", "Processes in the tree, live and exited.",
+                            value=snap.tree_live + snap.tree_tombstones)
+    yield GaugeMetricFamily("proctree_tree_tombstones",
+                            "Exited processes kept in the tree (bounded by capacity and TTL).",
+                            value=snap.tree_tombstones)
+    yield GaugeMetricFamily("proctree_tree_capacity", "tree.max_nodes: the node budget.",
+                            value=snap.tree_capacity)
+    yield CounterMetricFamily("proctree_tree_over_capacity",
+                              "Housekeeping rounds in which live processes alone exceeded "
+                              "the capacity.", value=snap.tree_over_capacity)
+    source = GaugeMetricFamily("proctree_source_info",
+                               "The active event source (netlink or procfs) and whether the "
+                               "kernel event filter is on.", labels=["source", "filtered"])
+    source.add_metric([snap.source or "none", "true" if snap.filtered else "false"], 1.0)
+    yield source
+    caps = GaugeMetricFamily("proctree_capability_info",
+                             "What this host lets the exporter know, per category.",
+                             labels=["category", "status", "backend"])
+    for cap in snap.capabilities:
+        caps.add_metric([cap.category, cap.status, cap.backend], 1.0)
+    yield caps
+    build = GaugeMetricFamily("proctree_build_info", "Version of proctree-exporter.",
+                              labels=["version"])
+    build.add_metric([snap.version], 1.0)
+    yield build
+    yield GaugeMetricFamily("proctree_ready", "1 once the first /proc snapshot is applied.",
+                            value=1.0 if snap.ready else 0.0)
+    yield CounterMetricFamily("proctree_collector_cpu_seconds",
+                              "CPU time used by the collector thread.",
+                              value=snap.collector_cpu_seconds)
+    buckets = [(_le(bound), count) for bound, count in snap.lag_buckets]
+    yield HistogramMetricFamily("proctree_event_lag_seconds",
+                                "Delay from the kernel's event timestamp to the event being "
+                                "applied to the tree.", buckets=buckets,
+                                sum_value=snap.lag_sum_s)
+    reloads = CounterMetricFamily("proctree_config_reloads",
+                                  "Config reloads (SIGHUP) by result.", labels=["result"])
+    reloads.add_metric(["success"], snap.reloads.success_total)
+    reloads.add_metric(["failure"], snap.reloads.failure_total)
+    yield reloads
+    yield GaugeMetricFamily("proctree_config_last_reload_successful",
+                            "1 if the last reload succeeded (or none happened).",
+                            value=1.0 if snap.reloads.last_success else 0.0)
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+class SnapshotCollector(Collector):
+    """Registered once; every collect() takes a fresh snapshot."""
+
+    def __init__(self, take: Callable[[], Snapshot]) -> None:
+        self._take = take
+
+    def describe(self) -> list[Metric]:
+        return []  # no describe-time snapshot: registration must not touch the tree
+
+    def collect(self) -> Iterator[Metric]:
+        t0 = time.monotonic()
+        yield from families(self._take())
+        yield GaugeMetricFamily("proctree_scrape_duration_seconds",
+                                "Time to snapshot the state and build the families above.",
+                                value=time.monotonic() - t0)

@@ -1,0 +1,162 @@
+"""One consistent, immutable picture of the exporter's state, for every reader.
+
+Exporters (Prometheus, OpenTelemetry, the JSON API) never read the tree or
+the watchers directly while they format: :func:`take` copies what they need
+under the tree lock, O(roots) plus O(event types), and releases it. Building
+/metrics from a :class:`Snapshot` therefore costs the same whatever the number
+of processes on the host.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from . import __version__
+from .capabilities import Capability
+from .collector import LAG_BUCKETS, Collector
+from .host import HostStates
+from .tree import PidTree
+from .watch import Watchers
+
+
+@dataclass(frozen=True, slots=True)
+class RootSnapshot:
+    """One root's numbers."""
+
+    name: str
+    select: str
+    up: bool
+    instances: int
+    start_time: float | None  # wall-clock start of the newest live instance
+    members: int
+    classes: Mapping[str, int]  # healthy, orphaned, zombie
+    spawned_total: int
+    exited_total: int
+    restarts_total: int
+    pid_reuse_total: int
+    actions: Mapping[tuple[str, str], int]  # (action, outcome) -> count
+    class_changes: Mapping[str, int]  # new class -> count
+    max_depth: int
+    truncated: bool
+    tombstones: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """Outcome of config reloads (SIGHUP)."""
+
+    success_total: int = 0
+    failure_total: int = 0
+    last_success: bool = True
+    last_ts: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything /metrics shows, at one moment."""
+
+    ts: float
+    version: str
+    ready: bool
+    source: str
+    filtered: bool
+    capabilities: tuple[Capability, ...]
+    roots: tuple[RootSnapshot, ...]
+    events: Mapping[str, int]
+    events_lost: int
+    overruns: int
+    seq_gap_events: int
+    kernel_drops: int
+    resyncs: Mapping[str, int]
+    parse_errors: Mapping[str, int]
+    lag_buckets: tuple[tuple[float, int], ...]  # (upper bound s, cumulative count), +Inf last
+    lag_sum_s: float
+    collector_cpu_seconds: float
+    tree_live: int
+    tree_tombstones: int
+    tree_capacity: int
+    tree_over_capacity: int
+    processes_forked: int
+    processes_exited: int
+    missed_exits: int
+    exec_unread: int
+    stale_events: int
+    pid_reuse: int
+    threads: int
+    host_zombies: int
+    host_states: HostStates | None
+    reloads: ReloadStatus = field(default_factory=ReloadStatus)
+
+
+def take(tree: PidTree, collector: Collector, watchers: Watchers | None,
+         capabilities: tuple[Capability, ...], host_states: HostStates | None,
+         reloads: ReloadStatus) -> Snapshot:
+    """Copy the current state under the tree lock. O(roots), not O(processes)."""
+    cs = collector.stats
+    with tree.lock:
+        ts = tree.stats
+        roots = tuple(_root(watchers, r) for r in watchers.roots.values()) if watchers else ()
+        cumulative = []
+        running = 0
+        for bound, count in zip((*LAG_BUCKETS, float("inf")), cs.lag.counts, strict=True):
+            running += count
+            cumulative.append((bound, running))
+        snap = Snapshot(
+            ts=time.time(),
+            version=__version__,
+            ready=collector.ready.is_set() and watchers is not None,
+            source=cs.source,
+            filtered=cs.filtered,
+            capabilities=capabilities,
+            roots=roots,
+            events=dict(cs.events),
+            events_lost=cs.events_lost,
+            overruns=cs.overruns,
+            seq_gap_events=cs.seq_gap_events,
+            kernel_drops=cs.kernel_drops,
+            resyncs=dict(cs.resync_reasons),
+            parse_errors=dict(cs.parse_errors),
+            lag_buckets=tuple(cumulative),
+            lag_sum_s=cs.lag.sum_ns / 1e9,
+            collector_cpu_seconds=collector.cpu_seconds(),
+            tree_live=tree.live_count,
+            tree_tombstones=tree.tombstone_count,
+            tree_capacity=tree.max_nodes,
+            tree_over_capacity=ts.over_capacity,
+            processes_forked=ts.processes_forked,
+            processes_exited=ts.processes_exited,
+            missed_exits=ts.missed_exits,
+            exec_unread=ts.exec_unread,
+            stale_events=ts.stale_events,
+            pid_reuse=ts.pid_reuse,
+            threads=ts.threads_live,
+            host_zombies=tree.zombie_count,
+            host_states=host_states,
+            reloads=reloads,
+        )
+    return snap
+
+
+def _root(watchers: Watchers, root) -> RootSnapshot:  # type: ignore[no-untyped-def]
+    starts = [watchers.start_time(n) for n in root.instances]
+    return RootSnapshot(
+        name=root.name,
+        select=root.spec.select,
+        up=root.alive,
+        instances=len(root.instances),
+        start_time=max(starts) if starts else None,
+        members=root.member_count(),
+        classes=root.class_counts(),
+        spawned_total=root.spawned_total,
+        exited_total=root.exited_total,
+        restarts_total=root.restarts,
+        pid_reuse_total=root.pid_reuse_seen,
+        actions=dict(root.actions),
+        class_changes=dict(root.class_changes_total),
+        max_depth=root.deepest,
+        truncated=root.member_count() > root.spec.max_members,
+        tombstones=len(root.tombstones),
+    )

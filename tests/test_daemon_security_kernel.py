@@ -1,0 +1,85 @@
+"""TLS and basic auth on the real daemon, with a web config promtool accepts."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from .conftest import Janitor
+from .daemon_helpers import start_daemon
+from .test_web_config import Pki, pki  # noqa: F401 - the certificate fixture
+
+pytestmark = pytest.mark.kernel
+
+
+def fetch(url: str, ctx: ssl.SSLContext, auth: tuple[str, str] | None = None) -> int:
+    req = urllib.request.Request(url)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_tls_and_basic_auth_guard_everything_but_health(janitor: Janitor, tmp_path: Path,
+                                                        pki: Pki) -> None:  # noqa: F811
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = pki.dir / "daemon-web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki.server_crt}\n"
+                   f"  key_file: {pki.server_key}\n  min_version: TLS12\n"
+                   f"basic_auth_users:\n  prom: {hashed}\n")
+    check = subprocess.run(["promtool", "check", "web-config", str(web)], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web),
+                     wait_ready=False)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    base = f"https://127.0.0.1:{d.port}"
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if fetch(base + "/-/ready", ctx) == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline and d.proc.poll() is None, "daemon not ready"
+        time.sleep(0.1)
+    assert fetch(base + "/-/healthy", ctx) == 200  # health checks need no credentials
+    assert fetch(base + "/metrics", ctx) == 401
+    assert fetch(base + "/metrics", ctx, ("prom", "wrong")) == 401
+    assert fetch(base + "/metrics", ctx, ("nobody", "s3cret")) == 401
+    assert fetch(base + "/metrics", ctx, ("prom", "s3cret")) == 200
+    assert fetch(base + "/api/v1/roots", ctx) == 401
+    # a client that does not trust our CA cannot talk to it
+    with pytest.raises(urllib.error.URLError):
+        fetch(base + "/-/healthy", ssl.create_default_context())
+    # plain HTTP on the TLS port gets nothing useful
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=5).read()
+    status, took, err = d.stop()
+    assert status == 0 and took < 2.0, err
+
+
+def test_bad_web_config_exits_2_naming_the_key(janitor: Janitor, tmp_path: Path,
+                                               pki: Pki) -> None:  # noqa: F811
+    web = pki.dir / "bad-web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki.server_crt}\n")
+    for args in (["run"], ["check-config"]):
+        p = janitor.spawn([str(Path(__file__).resolve().parent.parent / ".venv/bin/"
+                               "proctree-exporter"), *args, "--web.config.file", str(web)],
+                          stderr=subprocess.PIPE)
+        _, err = p.communicate(timeout=30)
+        assert p.returncode == 2, err
+        assert "key_file" in err, err
