@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PYTHON, Janitor, read_lines, wait_for
+from .conftest import PYTHON, REPO, Janitor, read_lines, wait_for
 from .daemon_helpers import start_daemon, start_prometheus
 from .test_daemon_kernel import CONFIG, SCENE
 
@@ -32,6 +32,16 @@ def test_prometheus_scrapes_roots_and_orphans(janitor: Janitor, tmp_path: Path) 
     assert prom.scalar('proctree_root_up{root="exporter"}') == 1
     assert prom.scalar('sum(proctree_events_total{type="fork"}) > 0') is not None
     assert prom.scalar('proctree_build_info') == 1
-    # the examples README gives work as written
-    assert prom.scalar('sum by (root) (proctree_root_processes{class="zombie"})'
-                       ' and on(root) proctree_root_up{root="job"}') == 1
+    # every PromQL example in README.md evaluates as written, and the zombie one finds ours
+    examples = readme_promql()
+    assert len(examples) >= 6
+    for expr in examples:
+        prom.query(expr)  # raises unless Prometheus accepts and evaluates it
+    zombies = prom.query('proctree_root_processes{class="zombie"} > 0')
+    assert [r["metric"]["root"] for r in zombies] == ["job"]
+
+
+def readme_promql() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("```promql\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
