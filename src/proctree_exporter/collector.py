@@ -290,16 +290,11 @@ class Collector(threading.Thread):
 
     def _drain(self, sock: nl.ConnectorSocket, limit: int | None = None) -> int:
         """Apply up to one batch (``limit`` events) of queued events; return how many."""
-        tree = self.tree
         stats = self.stats
-        counts = stats.events
-        lag = stats.lag
-        check_seq = self._check_seq
-        last_seq = self._last_seq
-        apply = tree.apply
+        ingest = self.ingest
         limit = limit or self.settings.batch_max
         n_events = 0
-        with tree.lock:
+        with self.tree.lock:
             while n_events < limit:
                 try:
                     got = sock.recv()
@@ -311,34 +306,46 @@ class Collector(threading.Thread):
                     continue
                 if got is None:
                     return n_events
-                buf, nbytes, sender = got
-                try:
-                    events = nl.parse_datagram(buf, nbytes, sender)
-                except nl.ParseError as exc:
-                    stats.parse_errors[exc.reason] = stats.parse_errors.get(exc.reason, 0) + 1
-                    log.debug("dropped datagram: %s", exc)
-                    continue
-                now = time.monotonic_ns()
-                for ev in events:
-                    n_events += 1
-                    name = _EVENT_NAMES[type(ev)]
-                    counts[name] += 1
-                    if name == "ack":
-                        continue
-                    if check_seq:
-                        prev = last_seq.get(ev.cpu)
-                        if prev is not None:
-                            gap = (ev.seq - prev - 1) & 0xFFFFFFFF
-                            if 0 < gap < 0x80000000:
-                                stats.seq_gap_events += gap
-                                self.request_resync("seq_gap")
-                        last_seq[ev.cpu] = ev.seq
-                    elif stats.filtered and type(ev) not in _CONSUMED_TYPES:
-                        self._filter_not_honoured()
-                        check_seq = self._check_seq
-                    apply(ev)
-                    lag.add(now - ev.ts_ns)
+                n_events += ingest(*got)
         return n_events
+
+    def ingest(self, buf: bytes | bytearray | memoryview, nbytes: int, sender: int) -> int:
+        """Parse one datagram and apply its events; count what is malformed or forged.
+
+        Never raises for bad input: a datagram that does not parse is counted in
+        ``stats.parse_errors`` by reason and dropped whole. Call with the tree
+        lock held. Returns the number of events applied.
+        """
+        stats = self.stats
+        try:
+            events = nl.parse_datagram(buf, nbytes, sender)
+        except nl.ParseError as exc:
+            stats.parse_errors[exc.reason] = stats.parse_errors.get(exc.reason, 0) + 1
+            log.debug("dropped datagram: %s", exc)
+            return 0
+        now = time.monotonic_ns()
+        counts = stats.events
+        lag = stats.lag
+        apply = self.tree.apply
+        last_seq = self._last_seq
+        for ev in events:
+            name = _EVENT_NAMES[type(ev)]
+            counts[name] += 1
+            if name == "ack":
+                continue
+            if self._check_seq:
+                prev = last_seq.get(ev.cpu)
+                if prev is not None:
+                    gap = (ev.seq - prev - 1) & 0xFFFFFFFF
+                    if 0 < gap < 0x80000000:
+                        stats.seq_gap_events += gap
+                        self.request_resync("seq_gap")
+                last_seq[ev.cpu] = ev.seq
+            elif stats.filtered and type(ev) not in _CONSUMED_TYPES:
+                self._filter_not_honoured()
+            apply(ev)
+            lag.add(now - ev.ts_ns)
+        return len(events)
 
     def _filter_not_honoured(self) -> None:
         """An event outside the filter arrived: the kernel ignored the filter."""

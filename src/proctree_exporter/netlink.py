@@ -265,6 +265,8 @@ def parse_datagram(data: bytes | bytearray | memoryview, nbytes: int | None = No
         raise ParseError("oversized", f"datagram of {size} bytes exceeds buffer of {len(data)}")
     if sender_port != 0:
         raise ParseError("spoofed", f"sender port id {sender_port} is not the kernel")
+    if size == 0:
+        raise ParseError("truncated", "empty datagram")
     events: list[Event] = []
     off = 0
     while off < size:

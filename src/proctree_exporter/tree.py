@@ -472,10 +472,10 @@ class PidTree:
         live = self._live
         if ev.child_pid != ev.child_tgid:
             self.stats.threads_created += 1
-            self.stats.threads_live += 1
             owner = live.get(ev.child_tgid)
             if owner is not None:
                 owner.threads += 1
+                self.stats.threads_live += 1
             return
         pid = ev.child_pid
         start = self._ticks(ev.ts_ns)
@@ -562,10 +562,11 @@ class PidTree:
     def _on_exit(self, ev: nl.ExitEvent) -> None:
         if ev.pid != ev.tgid:
             self.stats.threads_exited += 1
-            self.stats.threads_live -= 1
             owner = self._live.get(ev.tgid)
-            if owner is not None:
+            # only a thread we counted can leave (a live process keeps its leader)
+            if owner is not None and owner.threads > (0 if owner.exited else 1):
                 owner.threads -= 1
+                self.stats.threads_live -= 1
             return
         node = self._live.get(ev.pid)
         if node is None:
@@ -584,9 +585,10 @@ class PidTree:
         self._record_exit(node, ev)
         node.exited = True
         node.state = "X"
-        node.threads = max(node.threads - 1, 0)
+        if node.threads > 0:  # the leader; other threads' EXITs may still come
+            node.threads -= 1
+            self.stats.threads_live -= 1
         self.stats.processes_exited += 1
-        self.stats.threads_live -= 1
         self._pending.append(node)
         self.listener.exited(node)
 
@@ -699,6 +701,8 @@ class PidTree:
             del self._zombies[node.pid]
         node.reaped = True
         node.state = "X"
+        self.stats.threads_live -= node.threads  # threads whose EXIT never came
+        node.threads = 0
         if node.exit_ns is None:
             node.exit_ns = time.monotonic_ns()
         self._tombstones[node] = None
