@@ -53,7 +53,7 @@ def fixed_snapshot() -> Snapshot:
         lag_buckets=tuple(lag), lag_sum_s=0.125, collector_cpu_seconds=1.5,
         tree_live=1600, tree_tombstones=4000, tree_capacity=50_000, tree_over_capacity=0,
         processes_forked=95_000, processes_exited=93_500, missed_exits=3, exec_unread=5,
-        stale_events=2, pid_reuse=1, threads=2100, host_zombies=1,
+        stale_events=2, pid_reuse=1, threads=2100, lineage_unknown=35, host_zombies=1,
         host_states=HostStates(ts=1_800_000_095.0,
                                by_state={"running": 2, "sleeping": 1590, "zombie": 1}),
         reloads=ReloadStatus(success_total=2, failure_total=1, last_success=False),

@@ -129,6 +129,7 @@ def build_forest(views: Sequence[NodeView], root_pid: int | None = None) -> list
             "ppid": v.ppid,
             "lineage_ppid": v.lineage_ppid,
             "lineage_source": v.lineage_source,
+            "lineage_known": v.lineage_known,
             "comm": v.comm,
             "state": v.state,
             "exited": v.exited,

@@ -86,6 +86,7 @@ class Snapshot:
     stale_events: int
     pid_reuse: int
     threads: int
+    lineage_unknown: int
     host_zombies: int
     host_states: HostStates | None
     reloads: ReloadStatus = field(default_factory=ReloadStatus)
@@ -133,6 +134,7 @@ def take(tree: PidTree, collector: Collector, watchers: Watchers | None,
             stale_events=ts.stale_events,
             pid_reuse=ts.pid_reuse,
             threads=ts.threads_live,
+            lineage_unknown=ts.lineage_unknown,
             host_zombies=tree.zombie_count,
             host_states=host_states,
             reloads=reloads,

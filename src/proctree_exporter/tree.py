@@ -66,6 +66,7 @@ class Node:
         "exit_ns",
         "exit_signal",
         "exited",
+        "lineage_known",
         "lineage_source",
         "parent",
         "pid",
@@ -89,6 +90,9 @@ class Node:
         self.ppid = ppid
         self.parent = parent
         self.lineage_source = lineage_source
+        # False when the fork parent cannot be known: first seen under PID 1 (perhaps
+        # reparented before we looked) or under a parent younger than itself (certainly)
+        self.lineage_known = True
         self.comm = comm
         self.cmdline = cmdline
         self.exe = exe
@@ -161,6 +165,7 @@ class NodeView:
     lineage_ppid: int | None
     lineage_start: int | None
     lineage_source: str
+    lineage_known: bool
     comm: str | None
     cmdline: str | None
     exe: str | None
@@ -196,6 +201,7 @@ class TreeStats:
     over_capacity: int = 0  # housekeeping rounds where live nodes alone exceeded capacity
     zombies_seen: int = 0
     reparented: int = 0  # current-parent changes observed (kernel reparenting)
+    lineage_unknown: int = 0  # gauge: live processes whose fork parent is unknowable
     resync_added: int = 0
     resync_vanished: int = 0
 
@@ -341,6 +347,7 @@ class PidTree:
             lineage_ppid=parent.pid if parent else None,
             lineage_start=parent.start_ticks if parent else None,
             lineage_source=node.lineage_source,
+            lineage_known=node.lineage_known,
             comm=node.comm,
             cmdline=node.cmdline,
             exe=node.exe,
@@ -488,6 +495,7 @@ class PidTree:
                 if old.lineage_source != LINEAGE_FORK and parent is not None and parent is not old:
                     self._set_parent(old, parent)
                     old.lineage_source = LINEAGE_FORK
+                    self._set_lineage_known(old, True)
                 return
             if old.start_ticks > start + 1:
                 self.stats.stale_events += 1
@@ -657,7 +665,14 @@ class PidTree:
         self.stats.threads_live += node.threads
         if parent is not None and parent is not node:
             self._set_parent(node, parent)
+        if ppid == 1 or (parent is not None and parent.start_ticks > start):
+            self._set_lineage_known(node, False)
         return node
+
+    def _set_lineage_known(self, node: Node, known: bool) -> None:
+        if node.lineage_known != known:
+            node.lineage_known = known
+            self.stats.lineage_unknown += -1 if known else 1
 
     def _revive(self, node: Node) -> None:
         node.exited = False
@@ -701,6 +716,8 @@ class PidTree:
             del self._zombies[node.pid]
         node.reaped = True
         node.state = "X"
+        if not node.lineage_known:
+            self.stats.lineage_unknown -= 1
         self.stats.threads_live -= node.threads  # threads whose EXIT never came
         node.threads = 0
         if node.exit_ns is None:
@@ -874,6 +891,8 @@ class PidTree:
             parent = self._live.get(node.ppid)
             if node.parent is None and parent is not None and parent is not node:
                 self._set_parent(node, parent)
+                if parent.start_ticks > node.start_ticks:  # adopted by a younger subreaper
+                    self._set_lineage_known(node, False)
         for node in added:  # parents first, so that downstream inherits along lineage
             self.listener.spawned(node)
             if node.state == "Z":

@@ -127,6 +127,7 @@ class MemberInfo:
     user: str
     ppid: int
     lineage_ppid: int | None
+    lineage_known: bool  # False: first seen under PID 1 or a younger parent (see README)
     depth: int
     cls: str
     reason: str
@@ -353,7 +354,14 @@ class Watchers(TreeListener):
         stack = [(node, 0)]
         while stack:
             n, depth = stack.pop()
-            if n.exited or n in root.members:
+            if n in root.members or n in root.unreaped:
+                continue
+            if n.exited:
+                if not n.reaped and root.listed(depth):
+                    # a zombie already there when the root was added (start-up, reload):
+                    # it belongs to the root until reaped, and the reaper will class it
+                    root.unreaped[n] = depth
+                    self._of.setdefault(n, []).append((root, depth))
                 continue
             if root.spec.max_depth is not None and depth > root.spec.max_depth:
                 continue
@@ -537,6 +545,7 @@ class Watchers(TreeListener):
             user=self.tree.user_name(node.uid),
             ppid=node.ppid,
             lineage_ppid=parent.pid if parent else None,
+            lineage_known=node.lineage_known,
             depth=depth,
             cls=cls,
             reason=reason or "",

@@ -114,6 +114,11 @@ def _host_families(snap: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("proctree_threads",
                             "Threads of live processes on the host (leaders included).",
                             value=max(snap.threads, 0))
+    yield GaugeMetricFamily("proctree_lineage_unknown_processes",
+                            "Live processes whose fork parent cannot be known: first seen "
+                            "(at start-up or a resync) under PID 1, which may be a "
+                            "reparenting, or under a parent younger than themselves.",
+                            value=snap.lineage_unknown)
     yield CounterMetricFamily("proctree_processes_forked",
                               "Processes created on the host since start (events).",
                               value=snap.processes_forked)
