@@ -23,10 +23,11 @@ from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .export.prometheus import SnapshotCollector
 from .host import HostStateSampler
+from .httpserver import Server, make_server
 from .snapshot import ReloadStatus, Snapshot, take
 from .tree import PidTree
 from .watch import Watchers
-from .web import App, Server, make_server
+from .web import App
 from .web_config import WebConfig, load_web_config
 
 log = logging.getLogger("proctree_exporter")
@@ -58,7 +59,8 @@ class Daemon:
         self.registry.register(SnapshotCollector(self.snapshot))
         self.app = App(self.registry, web_config, lambda: self.watchers,
                        lambda: self.watchers is not None)
-        self.server: Server = make_server(listen_address, self.app, web_config=web_config,
+        self.server: Server = make_server(listen_address, self.app,
+                                          ssl_context=web_config.ssl_context(),
                                           max_connections=cfg.web.max_connections,
                                           read_timeout_s=cfg.web.read_timeout_seconds)
         self._stop = threading.Event()

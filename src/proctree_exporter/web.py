@@ -1,11 +1,8 @@
-"""HTTP: the WSGI app (/, /metrics, /api/v1/..., /-/healthy, /-/ready) and its server.
+"""HTTP: the WSGI app (/, /metrics, /api/v1/..., /-/healthy, /-/ready).
 
-The server is threaded and bounded: each connection gets a thread, at most
-``max_connections`` at once (more are answered 503 and closed), and a socket
-timeout drops clients that stop talking. TLS handshakes happen in the
-connection's thread, so a slow handshake never holds up the accept loop.
-Basic auth and TLS come from an exporter-toolkit style web config and apply to
-everything but the health checks.
+The server that runs it is in httpserver.py. Basic auth comes from an
+exporter-toolkit style web config and applies to everything but the health
+checks (TLS is the server's part).
 """
 
 from __future__ import annotations
@@ -13,15 +10,10 @@ from __future__ import annotations
 import html
 import json
 import logging
-import socket
-import socketserver
-import ssl
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
@@ -194,108 +186,3 @@ def _nest(members: Iterable[MemberInfo]) -> list[dict[str, Any]]:
         parent = docs.get(doc["lineage_ppid"]) if doc["lineage_ppid"] != doc["pid"] else None
         (parent["children"] if parent is not None else tops).append(doc)
     return tops
-
-
-# --- server -------------------------------------------------------------------------
-
-
-class _Handler(WSGIRequestHandler):
-    """wsgiref's handler, quiet (requests are not notable events) and with a timeout."""
-
-    timeout = 10.0  # per socket read: a client that stops sending is dropped
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s %s", self.address_string(), format % args)
-
-
-class Server(socketserver.ThreadingMixIn, WSGIServer):
-    """A WSGI server with one thread per connection, bounded, optionally TLS."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], app: App, *, family: int,
-                 ssl_context: ssl.SSLContext | None = None, max_connections: int = 64,
-                 read_timeout_s: float = 10.0) -> None:
-        self.address_family = family
-        self.ssl_context = ssl_context
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._read_timeout = read_timeout_s
-        super().__init__(address, _Handler)
-        self.set_app(app)
-
-    def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
-            # ":9632" means every address, v4 and v6
-            try:
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            except OSError:
-                pass
-        super().server_bind()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            # over the connection limit: answer without a thread and close
-            try:
-                request.settimeout(1.0)
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            request.settimeout(self._read_timeout)
-            if self.ssl_context is not None:
-                try:
-                    request = self.ssl_context.wrap_socket(request, server_side=True)
-                except (ssl.SSLError, OSError) as exc:
-                    log.debug("tls handshake from %s failed: %s", client_address, exc)
-                    self.shutdown_request(request)
-                    return
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("http connection from %s ended with an error", client_address,
-                  exc_info=True)
-
-
-def parse_listen_address(text: str) -> tuple[int, str, int]:
-    """``":9632"``, ``"127.0.0.1:9632"``, ``"[::1]:9632"`` -> (family, host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"listen address {text!r}: expected [HOST]:PORT")
-    port = int(port_text)
-    if host.startswith("[") and host.endswith("]"):
-        return socket.AF_INET6, host[1:-1], port
-    if host == "":
-        return (socket.AF_INET6, "::", port) if socket.has_ipv6 else (socket.AF_INET, "", port)
-    if ":" in host:
-        raise ValueError(f"listen address {text!r}: put IPv6 hosts in brackets")
-    return socket.AF_INET, host, port
-
-
-def make_server(listen: str, app: App, *, web_config: WebConfig, max_connections: int = 64,
-                read_timeout_s: float = 10.0) -> Server:
-    """Bind the server (raises OSError if the address is taken or not ours)."""
-    family, host, port = parse_listen_address(listen)
-    try:
-        return Server((host, port), app, family=family, ssl_context=web_config.ssl_context(),
-                      max_connections=max_connections, read_timeout_s=read_timeout_s)
-    except OSError:
-        if family == socket.AF_INET6 and host == "::":
-            # no IPv6 on this host: all IPv4 addresses instead
-            return Server(("", port), app, family=socket.AF_INET,
-                          ssl_context=web_config.ssl_context(),
-                          max_connections=max_connections, read_timeout_s=read_timeout_s)
-        raise
