@@ -17,8 +17,9 @@ EXE = str(REPO / ".venv" / "bin" / "proctree-exporter")
 SCENE = (
     "import os, subprocess, sys, time\n"
     "sys.stdin.readline()\n"
-    "w = subprocess.Popen(['/bin/sh', '-c', 'sleep 60 & echo $!'], stdout=subprocess.PIPE,"
-    " text=True)\n"
+    # the wrapper lives 0.2 s so that its exec is read in time even on a loaded machine
+    "w = subprocess.Popen(['/bin/sh', '-c', 'sleep 60 & echo $!; sleep 0.2'],"
+    " stdout=subprocess.PIPE, text=True)\n"
     "orphan = w.stdout.readline().strip(); w.wait()\n"
     "z = os.fork()\n"
     "if z == 0:\n    os._exit(4)\n"

@@ -39,7 +39,7 @@ host:
 SCENE = f"""# {TOKEN}
 import os, subprocess, sys, time
 sys.stdin.readline()
-w = subprocess.Popen(['/bin/sh', '-c', 'for i in 1 2 3; do sleep 60 & echo $!; done'],
+w = subprocess.Popen(['/bin/sh', '-c', 'for i in 1 2 3; do sleep 60 & echo $!; done; sleep 0.2'],
                      stdout=subprocess.PIPE, text=True)
 orphans = [w.stdout.readline().strip() for _ in range(3)]
 w.wait()
@@ -79,7 +79,7 @@ def test_scrape_counts_orphans_zombies_and_short_lived_exactly(daemon: Running,
     def settled() -> dict | None:
         m = daemon.metrics()
         ok = (value(m, "proctree_root_processes", root="job", **{"class": "zombie"}) == 1
-              and value(m, "proctree_root_exited_total", root="job") == 202)
+              and value(m, "proctree_root_exited_total", root="job") == 203)
         return m if ok else None
 
     m = wait_for(settled, timeout=10)
@@ -87,9 +87,9 @@ def test_scrape_counts_orphans_zombies_and_short_lived_exactly(daemon: Running,
     assert value(m, "proctree_root_instances", root="job") == 1  # the forks match too: nested
     assert value(m, "proctree_root_processes", root="job", **{"class": "orphaned"}) == 3
     assert value(m, "proctree_root_processes", root="job", **{"class": "healthy"}) == 1
-    # holder + wrapper + 3 sleepers + zombie child + 200 short-lived
-    assert value(m, "proctree_root_spawned_total", root="job") == 206
-    assert value(m, "proctree_root_exited_total", root="job") == 202
+    # holder + wrapper + its 3 sleepers + its `sleep 0.2` + zombie child + 200 short-lived
+    assert value(m, "proctree_root_spawned_total", root="job") == 207
+    assert value(m, "proctree_root_exited_total", root="job") == 203
     assert value(m, "proctree_root_class_changes_total", root="job",
                  **{"class": "orphaned"}) == 3
     assert value(m, "proctree_zombies") >= 1
@@ -128,8 +128,11 @@ def test_tree_endpoint_nests_members_by_lineage(daemon: Running, janitor: Janito
     kids = {c["pid"]: c for c in top["children"]}
     (wrapper,) = [c for c in kids.values() if c["comm"] == "sh"]
     assert wrapper["class"] == "exited" and wrapper["exit_code"] == 0
-    assert sorted(c["pid"] for c in wrapper["children"]) == sorted(orphans)
-    assert all(c["class"] == "orphaned" for c in wrapper["children"])
+    live = [c for c in wrapper["children"] if c["class"] != "exited"]
+    assert sorted(c["pid"] for c in live) == sorted(orphans)
+    assert all(c["class"] == "orphaned" for c in live)
+    # and its short-lived `sleep 0.2` is there too, as an exited tombstone
+    assert [c["comm"] for c in wrapper["children"] if c["class"] == "exited"] == ["sleep"]
 
 
 def test_http_contract(daemon: Running) -> None:

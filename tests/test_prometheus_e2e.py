@@ -28,7 +28,7 @@ def test_prometheus_scrapes_roots_and_orphans(janitor: Janitor, tmp_path: Path) 
     wait_for(lambda: prom.scalar('proctree_root_processes{root="job",class="zombie"}') == 1,
              timeout=30)
     assert prom.scalar('proctree_root_processes{root="job",class="orphaned"}') == 3
-    assert prom.scalar('proctree_root_spawned_total{root="job"}') == 206
+    assert prom.scalar('proctree_root_spawned_total{root="job"}') == 207
     assert prom.scalar('proctree_root_up{root="exporter"}') == 1
     assert prom.scalar('sum(proctree_events_total{type="fork"}) > 0') is not None
     assert prom.scalar('proctree_build_info') == 1
