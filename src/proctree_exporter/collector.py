@@ -362,6 +362,9 @@ class Collector(threading.Thread):
     def _resync(self, sock: nl.ConnectorSocket, reason: str) -> None:
         # apply what is already queued first: the walk must be the newest truth
         self._drain(sock, limit=max(self.stats.rcvbuf_bytes // nl.BYTES_PER_QUEUED_EVENT, 64))
+        # what the kernel dropped up to now, this walk repairs; drops during the walk
+        # must show up as new, so that the next drops check schedules another resync
+        drops = sock.drops()
         t0 = time.monotonic()
         self._resync_due = None
         infos = self._walk()
@@ -369,7 +372,6 @@ class Collector(threading.Thread):
             res = self.tree.reconcile(infos, source=LINEAGE_RESYNC)
         self._last_resync = time.monotonic()
         st = self.stats
-        drops = sock.drops()
         drop_delta = 0
         if drops is not None:
             drop_delta = max(drops - self._drops_seen, 0)
