@@ -148,6 +148,62 @@ class LogConfig(_Strict):
     format: Literal["text", "json"] = "text"
 
 
+class OtelTlsConfig(_Strict):
+    """``otel.tls:`` trusting the OTLP endpoint, and the client certificate (mutual TLS)."""
+
+    ca_file: str | None = None  # else OTEL_EXPORTER_OTLP_CERTIFICATE, else the system CAs
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool | None = None  # gRPC: plaintext; default from the endpoint's scheme
+
+    @model_validator(mode="after")
+    def _pair(self) -> OtelTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class OtelMetricsConfig(_Strict):
+    """``otel.metrics:`` the /metrics families over OTLP too."""
+
+    enabled: bool = False
+    interval_seconds: float = Field(60.0, ge=1, le=3600)
+
+
+class OtelConfig(_Strict):
+    """``otel:`` OpenTelemetry export: each root instance a trace, each process a span."""
+
+    enabled: bool = False
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    endpoint: str | None = None  # else OTEL_EXPORTER_OTLP_ENDPOINT, else localhost
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float | None = Field(None, gt=0, le=600)
+    compression: Literal["none", "gzip"] | None = None
+    tls: OtelTlsConfig = OtelTlsConfig()
+    service_name: str | None = None
+    events: Literal["spans", "logs", "both"] = "spans"
+    roots: list[str] = Field(default_factory=list)  # empty: every root
+    poll_interval_seconds: float = Field(0.5, ge=0.05, le=60)
+    checkpoint_interval_seconds: float = Field(300.0, ge=0, le=7 * 86400)
+    max_spans_per_second: float = Field(100.0, gt=0, le=1_000_000)
+    burst: int = Field(1000, ge=1, le=10_000_000)
+    max_open_spans: int = Field(10_000, ge=1, le=1_000_000)
+    max_events_per_span: int = Field(128, ge=1, le=10_000)
+    max_queue_size: int = Field(2048, ge=1, le=1_000_000)
+    max_export_batch_size: int = Field(512, ge=1, le=1_000_000)
+    schedule_delay_seconds: float = Field(2.0, gt=0, le=600)
+    shutdown_timeout_seconds: float = Field(1.0, ge=0, le=60)
+    metrics: OtelMetricsConfig = OtelMetricsConfig()
+
+    @field_validator("endpoint")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("expected a URL such as http://collector:4318 "
+                             "(gRPC: http://collector:4317)")
+        return v
+
+
 class Config(_Strict):
     """The whole config.yaml."""
 
@@ -158,6 +214,15 @@ class Config(_Strict):
     roots: list[RootConfig] = Field(default_factory=lambda: list(DEFAULT_ROOTS),
                                     max_length=1000)
     log: LogConfig = LogConfig()
+    otel: OtelConfig = OtelConfig()
+
+    @model_validator(mode="after")
+    def _otel_roots_exist(self) -> Config:
+        names = {r.name for r in self.roots}
+        unknown = [n for n in self.otel.roots if n not in names]
+        if unknown:
+            raise ValueError(f"otel.roots: no root named {', '.join(map(repr, unknown))}")
+        return self
 
     @field_validator("roots")
     @classmethod

@@ -14,7 +14,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -53,6 +55,7 @@ class Daemon:
         self.collector = Collector(self.tree, cfg.collector.settings())
         self.sampler = HostStateSampler(cfg.host.state_sample_interval_seconds)
         self.watchers: Watchers | None = None
+        self.otel: Any = None  # export.otel.OtelExporter while otel.enabled (imported then)
         self.capabilities: tuple[Capability, ...] = ()
         self.reloads = ReloadStatus()
         self.registry = CollectorRegistry(auto_describe=False)
@@ -72,7 +75,8 @@ class Daemon:
     def snapshot(self) -> Snapshot:
         """The state as /metrics shows it, now."""
         return take(self.tree, self.collector, self.watchers, self.capabilities,
-                    self.sampler.latest, self.reloads)
+                    self.sampler.latest, self.reloads,
+                    self.otel.stats() if self.otel is not None else None)
 
     def start(self) -> None:
         """Start collecting and serving; return once the tree is seeded and roots attached."""
@@ -90,6 +94,8 @@ class Daemon:
         self.capabilities = tuple(negotiate(
             self.collector.stats, read_cgroups=self.tree.read_cgroups,
             poll_interval_s=self.cfg.collector.poll_interval_seconds))
+        if self.cfg.otel.enabled:
+            self.otel = _start_otel(self.cfg, self.config_path, watchers, self.snapshot)
         self.watchers = watchers  # from here /-/ready says 200
         log.info("ready source=%s processes=%d roots=%d", self.collector.stats.source,
                  self.tree.live_count, len(watchers.roots))
@@ -126,6 +132,8 @@ class Daemon:
             self.server.shutdown()
         self.server.server_close()
         self.sampler.stop()
+        if self.otel is not None:
+            self.otel.stop()  # ends open spans, flushes within otel.shutdown_timeout_seconds
         self.collector.stop(timeout=1.0)
 
     def reload(self) -> bool:
@@ -151,7 +159,8 @@ class Daemon:
             ("collector", self.cfg.collector, new.collector),
             ("web", self.cfg.web, new.web),
             ("host", self.cfg.host, new.host),
-            ("log.format", self.cfg.log.format, new.log.format)) if old != now]
+            ("log.format", self.cfg.log.format, new.log.format),
+            ("otel", self.cfg.otel, new.otel)) if old != now]
         if restart:
             log.warning("reload: %s changed and take effect at the next start",
                         ", ".join(restart))
@@ -160,6 +169,23 @@ class Daemon:
         self.reloads = ReloadStatus(r.success_total + 1, r.failure_total, True, t0, "")
         log.info("reloaded config=%s roots=%d", self.config_path, len(self.watchers.roots))
         return True
+
+
+def _start_otel(cfg: Config, config_path: Path | None, watchers: Watchers,
+                snapshot: Callable[[], Snapshot]) -> Any:
+    """Start OpenTelemetry export (the SDK is imported only when it is enabled)."""
+    from .export.otel import OtelExporter
+
+    try:
+        exporter = OtelExporter(cfg.otel, watchers, snapshot,
+                                base_dir=config_path.parent if config_path else None)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"otel: {exc}") from None
+    exporter.start()
+    log.info("otel exporting protocol=%s endpoint=%s events=%s roots=%s", cfg.otel.protocol,
+             cfg.otel.endpoint or "(OTEL_EXPORTER_OTLP_ENDPOINT or default)", cfg.otel.events,
+             ",".join(cfg.otel.roots) or "all")
+    return exporter
 
 
 def build(cfg: Config, config_path: Path | None, listen_override: str | None,

@@ -55,6 +55,15 @@ class ReloadStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class OtelStats:
+    """What the OpenTelemetry export got through and what it dropped (see README)."""
+
+    open_spans: int
+    exported: Mapping[str, int]  # signal (spans, logs) -> items the endpoint accepted
+    dropped: Mapping[tuple[str, str], int]  # (signal, reason) -> items dropped
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything /metrics shows, at one moment."""
 
@@ -90,11 +99,12 @@ class Snapshot:
     host_zombies: int
     host_states: HostStates | None
     reloads: ReloadStatus = field(default_factory=ReloadStatus)
+    otel: OtelStats | None = None  # None while OpenTelemetry export is off
 
 
 def take(tree: PidTree, collector: Collector, watchers: Watchers | None,
          capabilities: tuple[Capability, ...], host_states: HostStates | None,
-         reloads: ReloadStatus) -> Snapshot:
+         reloads: ReloadStatus, otel: OtelStats | None = None) -> Snapshot:
     """Copy the current state under the tree lock. O(roots), not O(processes)."""
     cs = collector.stats
     with tree.lock:
@@ -138,6 +148,7 @@ def take(tree: PidTree, collector: Collector, watchers: Watchers | None,
             host_zombies=tree.zombie_count,
             host_states=host_states,
             reloads=reloads,
+            otel=otel,
         )
     return snap
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from . import __version__
+from . import __version__, ui
 from .reaper import HEALTHY, ORPHANED, ZOMBIE
 from .watch import MemberInfo, RootView, Watchers
 from .web_config import WebConfig
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 _PAGES = ("/", "/metrics", "/api/v1/roots", "/api/v1/tree", "/-/healthy", "/-/ready")
+_PAGES += ("/api/v1/ancestors",)  # the tree page's chain of ancestors
+_MAX_ANCESTORS = 256
 
 
 class App:
@@ -50,7 +52,7 @@ class App:
             start_response(status, hdrs)
             return [b""] if method == "HEAD" else [body]
 
-        known = path in _PAGES or path.startswith("/api/v1/roots/")
+        known = path in _PAGES or path.startswith(("/api/v1/roots/", "/ui/"))
         if not known:
             return respond("404 Not Found", b"404 page not found\n")
         if method not in ("GET", "HEAD"):
@@ -68,6 +70,11 @@ class App:
                                      'Basic realm="proctree-exporter", charset="UTF-8"')])
         if path == "/metrics":
             return self._metrics(environ, start_response, extra)
+        if path.startswith("/ui/"):  # the tree page's script, style and icon
+            found = ui.asset(path.removeprefix("/ui/"))
+            if found is None:
+                return respond("404 Not Found", b"404 page not found\n")
+            return respond("200 OK", found[0], found[1], headers=[("Cache-Control", "no-cache")])
         if path == "/":
             return respond("200 OK", self._landing().encode(), "text/html; charset=utf-8")
         watchers = self._watchers()
@@ -78,6 +85,8 @@ class App:
         except KeyError as exc:
             return respond("404 Not Found", _json({"error": f"no root {exc.args[0]!r}"}),
                            "application/json")
+        except LookupError as exc:  # a pid that is not (or no longer) a member
+            return respond("404 Not Found", _json({"error": str(exc)}), "application/json")
         except ValueError as exc:
             return respond("400 Bad Request", _json({"error": str(exc)}), "application/json")
         return respond("200 OK", _json(doc), "application/json")
@@ -109,6 +118,8 @@ class App:
             doc["tombstones"] = [_member(m) for m in view.tombstones]
             doc["events"] = [asdict(e) for e in view.events]
             return doc
+        if path == "/api/v1/ancestors":
+            return self._ancestors(query, watchers)
         # /api/v1/tree?root=NAME
         params = parse_qs(query)
         names = params.get("root")
@@ -121,6 +132,37 @@ class App:
         # tombstones too: an exited wrapper keeps its orphans under it
         return {"root": name, "up": view.up, "truncated": view.truncated,
                 "nodes": _nest((*view.members, *view.tombstones))}
+
+    def _ancestors(self, query: str, watchers: Watchers) -> dict[str, Any]:
+        """``/api/v1/ancestors?root=NAME&pid=PID[&start_ticks=T]``: a live (or unreaped)
+        member's lineage ancestors, nearest first, up to PID 1; O(depth), at most
+        ``_MAX_ANCESTORS``. The tree page shows them above the root's own processes."""
+        params = parse_qs(query)
+        name = (params.get("root") or [""])[0]
+        pid_text = (params.get("pid") or [""])[0]
+        start_text = (params.get("start_ticks") or [""])[0]
+        if not name or not pid_text.isdigit() or not (start_text or "0").isdigit():
+            raise ValueError("query parameters root and pid are required: "
+                             "/api/v1/ancestors?root=NAME&pid=PID[&start_ticks=T]")
+        if name not in watchers.roots:
+            raise KeyError(name)
+        pid = int(pid_text)
+        tree = watchers.tree
+        with tree.lock:
+            root = watchers.roots[name]
+            node = tree.get(pid)
+            if (node is None or (node not in root.members and node not in root.unreaped)
+                    or (start_text and not node.same_start(int(start_text)))):
+                raise LookupError(f"pid {pid} is not a live member of root {name!r}")
+            found = []
+            for anc in tree.ancestors(node):
+                found.append({"pid": anc.pid, "start_ticks": anc.start_ticks, "comm": anc.comm,
+                              "user": tree.user_name(anc.uid), "exited": anc.exited,
+                              "in_root": anc in root.members or anc in root.unreaped})
+                if len(found) > _MAX_ANCESTORS:
+                    break
+        return {"root": name, "pid": pid, "ancestors": found[:_MAX_ANCESTORS],
+                "truncated": len(found) > _MAX_ANCESTORS}
 
     # -- landing page ----------------------------------------------------------------
 
@@ -140,12 +182,8 @@ class App:
         table = ("<table><tr><th>root</th><th>state</th><th>members</th><th>healthy</th>"
                  "<th>orphaned</th><th>zombie</th><th></th></tr>" + "".join(rows) + "</table>"
                  if rows else "<p>Seeding from /proc…</p>")
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>proctree-exporter"
-                f"</title></head><body><h1>proctree-exporter</h1><p>version "
-                f"{html.escape(__version__)}</p><ul><li><a href='/metrics'>metrics</a></li>"
-                f"<li><a href='/api/v1/roots'>/api/v1/roots</a></li>"
-                f"<li><a href='/-/healthy'>/-/healthy</a></li>"
-                f"<li><a href='/-/ready'>/-/ready</a></li></ul>{table}</body></html>")
+        # the live tree page (ui/), with this table for clients without scripts
+        return ui.index_page(html.escape(__version__), table)
 
 
 def _json(doc: Any) -> bytes:

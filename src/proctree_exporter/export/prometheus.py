@@ -31,6 +31,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _root_families(snap)
     yield from _host_families(snap)
     yield from _self_families(snap)
+    yield from _otel_families(snap)
 
 
 def _root_families(snap: Snapshot) -> Iterator[Metric]:
@@ -208,6 +209,28 @@ def _self_families(snap: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily("proctree_config_last_reload_successful",
                             "1 if the last reload succeeded (or none happened).",
                             value=1.0 if snap.reloads.last_success else 0.0)
+
+
+def _otel_families(snap: Snapshot) -> Iterator[Metric]:
+    # families without samples while OpenTelemetry export is off
+    otel = snap.otel
+    open_spans = GaugeMetricFamily("proctree_otel_open_spans",
+                                   "Process spans open now (exported when the process exits; "
+                                   "checkpoint spans show them meanwhile).")
+    exported = CounterMetricFamily("proctree_otel_exported",
+                                   "Items the OTLP endpoint accepted, by signal (spans, logs).",
+                                   labels=["signal"])
+    dropped = CounterMetricFamily("proctree_otel_dropped",
+                                  "Spans, span events and log records not delivered, by signal "
+                                  "and reason (README: OpenTelemetry).",
+                                  labels=["signal", "reason"])
+    if otel is not None:
+        open_spans.add_metric([], otel.open_spans)
+        for signal, count in sorted(otel.exported.items()):
+            exported.add_metric([signal], count)
+        for (signal, reason), count in sorted(otel.dropped.items()):
+            dropped.add_metric([signal, reason], count)
+    yield from (open_spans, exported, dropped)
 
 
 def _le(bound: float) -> str:

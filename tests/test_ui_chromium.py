@@ -1,0 +1,304 @@
+"""The tree page in a real headless Chromium, against the real daemon and real processes.
+
+Chromium is driven through chromedriver's W3C WebDriver HTTP API (a few calls over
+urllib: no extra Python package). Both come from Debian (`scripts/bootstrap test`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import pytest
+
+from .conftest import PYTHON, REPO, Janitor, read_lines, wait_for
+from .daemon_helpers import free_port, start_daemon
+from .test_watch_kernel import _spawn_at_pid
+from .test_web_config import Pki, pki  # noqa: F401 - the certificate fixture
+
+pytestmark = pytest.mark.kernel
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ARTIFACTS = REPO / "test-artifacts"
+TOKEN = "ptx-ui-holder"
+CONFIG = f"""
+roots:
+  - name: ui-job
+    select: cmdline
+    match: "{TOKEN}"
+    zombie_grace_seconds: 0.5
+    capture_cmdline: true
+  - name: exporter
+    select: pid
+    match: self
+"""
+
+# The holder (the root's instance) starts a small pool, one child that exits with
+# code 3 and one that exits cleanly (tombstones), then obeys the test line by line:
+#   spawn  -> a wrapper shell that starts `sleep` in the background; prints "SLEEP WRAPPER"
+#   orphan -> the wrapper exits (its sleep lives on, orphaned); prints "ok"
+#   zombie -> a child that exits and is never reaped; prints its pid
+SCENE = f"""# {TOKEN}
+import os, subprocess, sys
+pool = subprocess.Popen(['/bin/sh', '-c', 'sleep 70 & sleep 70 & wait'])
+subprocess.run(['/bin/sh', '-c', 'exit 3'])
+done = subprocess.Popen(['/bin/true'])
+done.wait()
+print(done.pid, flush=True)
+wrapper = None
+for line in sys.stdin:
+    cmd = line.strip()
+    if cmd == 'spawn':
+        wrapper = subprocess.Popen(['/bin/sh', '-c', 'sleep 60 & echo $!; read x'],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        print(wrapper.stdout.readline().strip(), wrapper.pid, flush=True)
+    elif cmd == 'orphan':
+        wrapper.stdin.close()
+        wrapper.wait()
+        print('ok', flush=True)
+    elif cmd == 'zombie':
+        z = os.fork()
+        if z == 0:
+            os._exit(0)
+        print(z, flush=True)
+"""
+
+ROWS_JS = """
+return [...document.querySelectorAll('#tree-canvas .row:not([hidden])')].map(r => ({
+  pid: Number(r.dataset.pid), cls: r.dataset.class, depth: Number(r.dataset.depth),
+  gone: r.classList.contains('gone'), text: r.textContent}));
+"""
+
+
+class Browser:
+    """One headless Chromium session, through chromedriver's W3C WebDriver API."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.session = ""
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return json.loads(r.read())["value"]
+        except urllib.error.HTTPError as e:
+            raise AssertionError(f"webdriver {method} {path}: {e.code} {e.read()[:500]!r}") from e
+
+    def s(self, method: str, path: str, body: Any = None) -> Any:
+        return self.call(method, f"/session/{self.session}{path}", body)
+
+    def open(self, url: str) -> None:
+        self.s("POST", "/url", {"url": url})
+
+    def js(self, script: str, *args: Any) -> Any:
+        return self.s("POST", "/execute/sync", {"script": script, "args": list(args)})
+
+    def find(self, css: str) -> str:
+        found = self.s("POST", "/element", {"using": "css selector", "value": css})
+        return next(iter(found.values()))
+
+    def type(self, css: str, text: str) -> None:
+        self.s("POST", f"/element/{self.find(css)}/value", {"text": text})
+
+    def click(self, css: str) -> None:
+        self.s("POST", f"/element/{self.find(css)}/click", {})
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(self.s("GET", "/screenshot")))
+
+    def console_errors(self) -> list[str]:
+        """Console errors and uncaught exceptions since the previous call."""
+        logs = self.s("POST", "/se/log", {"type": "browser"})
+        return [f"{e['source']}: {e['message']}" for e in logs if e["level"] == "SEVERE"]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return self.js(ROWS_JS)
+
+
+@pytest.fixture
+def browser(janitor: Janitor, tmp_path: Path) -> Iterator[Browser]:
+    for exe in (CHROMIUM, CHROMEDRIVER):
+        assert shutil.which(exe), (f"{exe} missing: `scripts/bootstrap test` installs Debian's "
+                                   "chromium and chromium-driver")
+    port = free_port()
+    janitor.spawn([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
+                  stderr=subprocess.DEVNULL)
+    b = Browser(port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if b.call("GET", "/status").get("ready"):
+                break
+        except (OSError, AssertionError):
+            pass
+        assert time.monotonic() < deadline, "chromedriver not ready in 30 s"
+        time.sleep(0.05)
+    # the flags keep a headless Chromium from calling Google hosts (refused here anyway)
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}",
+            "--window-size=1440,900", "--force-prefers-reduced-motion"]
+    caps = {"browserName": "chrome", "acceptInsecureCerts": True,
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"}}
+    b.session = b.call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})["sessionId"]
+    try:
+        yield b
+    finally:
+        try:
+            b.call("DELETE", f"/session/{b.session}")  # ends Chromium; the janitor ends the rest
+        except (OSError, AssertionError):
+            pass
+
+
+def row(b: Browser, pid: int) -> dict[str, Any] | None:
+    return next((r for r in b.rows() if r["pid"] == pid), None)
+
+
+def send(holder: subprocess.Popen[str], line: str) -> None:
+    assert holder.stdin is not None
+    holder.stdin.write(line + "\n")
+    holder.stdin.flush()
+
+
+def test_tree_page_shows_children_orphans_zombies_and_filters(janitor: Janitor, tmp_path: Path,
+                                                              browser: Browser) -> None:
+    d = start_daemon(janitor, tmp_path, CONFIG)
+    holder = janitor.spawn([PYTHON, "-c", SCENE], stdin=subprocess.PIPE)
+    (done,) = (int(x) for x in read_lines(holder, 1))
+    browser.open(d.url + "/")
+    # the roots with their counts by class, the version, links to /metrics and the API
+    wait_for(lambda: browser.js("return document.querySelector('#roots tr[data-root=\"ui-job\"]')"
+                                " !== null"), timeout=10)
+    head = browser.js("return document.querySelector('header').textContent")
+    assert "/metrics" in head and "/api/v1/roots" in head and "version" in head
+    assert browser.js("return [...document.querySelectorAll('#roots th')].map(t => t.textContent)"
+                      ) == ["root", "up", "members", "orphan", "zombie"]
+    browser.click('#roots tr[data-root="ui-job"] a')
+    wait_for(lambda: row(browser, holder.pid), timeout=10)
+    assert "root" in row(browser, holder.pid)["text"]
+    exited = wait_for(lambda: (r := row(browser, done)) and r["cls"] == "exited" and r, timeout=10)
+    assert exited["gone"] and "exited" in exited["text"]
+
+    # a child started now appears within 2 s (the page polls once a second)
+    send(holder, "spawn")
+    sleeper, wrapper = (int(x) for x in read_lines(holder, 1)[0].split())
+    janitor.track(sleeper)
+    child = wait_for(lambda: row(browser, sleeper), timeout=2.0, interval=0.05)
+    assert child["cls"] == "healthy" and "sleep" in child["text"]
+
+    # the wrapper exits: its sleep is an orphan, still under the (faded) exited wrapper
+    send(holder, "orphan")
+    read_lines(holder, 1)
+    orphan = wait_for(lambda: (r := row(browser, sleeper)) and r["cls"] == "orphaned" and r,
+                      timeout=10)
+    assert "orphan" in orphan["text"]
+    w = row(browser, wrapper)
+    assert w is not None and w["gone"] and w["cls"] == "exited"
+    assert orphan["depth"] == w["depth"] + 1
+
+    # an unreaped child is a zombie once past the grace
+    send(holder, "zombie")
+    (zombie,) = (int(x) for x in read_lines(holder, 1))
+    janitor.track(zombie)
+    z = wait_for(lambda: (r := row(browser, zombie)) and r["cls"] == "zombie" and r, timeout=10)
+    assert "zombie" in z["text"]
+
+    # the exited `true` hands its pid to a stranger: its tombstone says pid reused
+    _spawn_at_pid(janitor, done)
+    reused = wait_for(lambda: (r := row(browser, done)) and r["cls"] == "pid_reused" and r,
+                      timeout=10)
+    assert "pid reused" in reused["text"]
+    # counts by class in the roots list
+    wait_for(lambda: browser.js(
+        "return [...document.querySelectorAll('#roots tr[data-root=\"ui-job\"] td')]"
+        ".map(t => t.textContent)")[3:] == ["1", "1"], timeout=10)
+
+    # the filter: matches and their ancestors only; Escape clears it
+    browser.type("#filter", "orphan")
+
+    def filtered() -> set[int] | None:
+        pids = {r["pid"] for r in browser.rows()}
+        return pids if zombie not in pids else None
+
+    shown = wait_for(filtered, timeout=5)
+    assert shown == {holder.pid, wrapper, sleeper}
+    browser.type("#filter", "\ue00c")  # Escape
+    wait_for(lambda: row(browser, zombie), timeout=5)
+
+    # selecting the orphan shows its chain of ancestors, beyond the root up to PID 1
+    browser.js("document.querySelector(`#tree-canvas .row[data-pid=\"${arguments[0]}\"]`)"
+               ".click()", sleeper)
+    chain = wait_for(lambda: (t := browser.js(
+        "return document.querySelector('#details .chain')?.textContent || ''"))
+        and "starts here" in t and t, timeout=10)
+    for pid in (1, os.getpid(), holder.pid, wrapper, sleeper):
+        assert f"{pid} " in chain, (pid, chain)
+    assert chain.index(f"{os.getpid()} ") < chain.index(f"{holder.pid} ") < chain.index(
+        f"{wrapper} ") < chain.index(f"{sleeper} ")
+    recent = browser.js("return document.getElementById('recent').textContent")
+    assert "orphaned" in recent and "zombie" in recent and "added" in recent
+
+    browser.screenshot(ARTIFACTS / "tree-page.png")
+    assert browser.console_errors() == []
+
+
+def test_tree_page_goes_through_tls_and_basic_auth(janitor: Janitor, tmp_path: Path,
+                                                   browser: Browser, pki: Pki) -> None:  # noqa: F811
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = pki.dir / "ui-web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki.server_crt}\n"
+                   f"  key_file: {pki.server_key}\n"
+                   f"basic_auth_users:\n  prom: {hashed}\n")
+    d = start_daemon(janitor, tmp_path, CONFIG, "--web.config.file", str(web), wait_ready=False)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    base = f"https://127.0.0.1:{d.port}"
+
+    def status(path: str, auth: bool) -> int:
+        req = urllib.request.Request(base + path)
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(b"prom:s3cret").decode())
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def ready() -> bool:
+        try:
+            return status("/-/ready", False) == 200
+        except OSError:
+            return False
+
+    wait_for(ready, timeout=30, interval=0.1)
+    for path in ("/", "/ui/app.js", "/ui/app.css", "/ui/favicon.svg",
+                 "/api/v1/ancestors?root=exporter&pid=1"):
+        assert status(path, False) == 401, path
+    for path in ("/", "/ui/app.js", "/ui/app.css", "/ui/favicon.svg"):
+        assert status(path, True) == 200, path
+    assert status("/ui/nope.js", True) == 404
+    assert status(f"/api/v1/ancestors?root=exporter&pid={d.proc.pid}", True) == 200
+    # in the browser: credentials typed once (here in the URL) serve the page's polling too
+    browser.open(f"https://prom:s3cret@127.0.0.1:{d.port}/#root=exporter")
+    exporter = wait_for(lambda: row(browser, d.proc.pid), timeout=10)
+    assert exporter["cls"] == "healthy" and "root" in exporter["text"]
+    polls = browser.js("return Number(document.getElementById('status').dataset.polls)")
+    wait_for(lambda: browser.js("return Number(document.getElementById('status').dataset.polls)")
+             > polls, timeout=5)
+    assert browser.console_errors() == []
