@@ -9,6 +9,7 @@ running config and is counted.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -33,6 +34,8 @@ from .web import App
 from .web_config import WebConfig, load_web_config
 
 log = logging.getLogger("proctree_exporter")
+
+GC_FREEZE_INTERVAL_S = 60.0
 
 
 def make_tree(cfg: Config) -> PidTree:
@@ -96,6 +99,10 @@ class Daemon:
             poll_interval_s=self.cfg.collector.poll_interval_seconds))
         if self.cfg.otel.enabled:
             self.otel = _start_otel(self.cfg, self.config_path, watchers, self.snapshot)
+        # the tree's nodes live long: keep the cyclic GC from rescanning them on every
+        # full collection (which put 40-90 ms pauses into scrapes on 20,000-process
+        # hosts). Evicted nodes have their links cut, so refcounting still frees them.
+        gc.freeze()
         self.watchers = watchers  # from here /-/ready says 200
         log.info("ready source=%s processes=%d roots=%d", self.collector.stats.source,
                  self.tree.live_count, len(watchers.roots))
@@ -111,7 +118,11 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
         try:
             self.start()
+            next_freeze = time.monotonic() + GC_FREEZE_INTERVAL_S
             while not self._stop.wait(0.2):
+                if time.monotonic() >= next_freeze:
+                    next_freeze = time.monotonic() + GC_FREEZE_INTERVAL_S
+                    gc.freeze()  # what survived this long is likely tree state, not garbage
                 if self._reload.is_set():
                     self._reload.clear()
                     self.reload()
