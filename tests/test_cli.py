@@ -177,6 +177,7 @@ BAD_CONFIGS = [
     ("- just\n- a list\n", "top level must be a mapping"),
     ("collector:\n  source: [unclosed\n", "line 3: not valid YAML"),
     ("collector:\n\tsource: auto\n", "not valid YAML"),
+    ("collector:\n  source: auto\n  source: procfs\n", "collector.source (line 3): duplicate key"),
     ("roots:\n  - name: a\n    select: pid\n    match: one\n", "roots.0 (line 2)"),
     ("roots:\n  - name: a\n    select: uid\n    match: 1\n", "roots.0.select (line 3)"),
     ("roots:\n  - name: a\n    select: cmdline\n    match: '(('\n",

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .collector import CollectorSettings
 from .reaper import ActionSpec
 from .watch import RootSpec
+from .yamlfile import line_of, load_mapping
 
 DEFAULT_PATHS = (Path("config.yaml"), Path("/etc/proctree-exporter/config.yaml"))
 
@@ -242,41 +242,9 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names file, key and line."""
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that remembers the line of every mapping key and value."""
-
-
-def _key_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _key_lines(value_node, (*path, key), out)
-            out[(*path, key)] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _key_lines(item, (*path, i), out)
-
-
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Parse and validate YAML text; raise :class:`ConfigError` naming key and line."""
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{where}: not valid YAML: "
-                          f"{getattr(exc, 'problem', None) or exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys, "
-                          f"got {type(data).__name__}")
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _key_lines(node, (), lines)
+    data, lines = load_mapping(text, source, ConfigError)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -284,11 +252,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         for err in exc.errors():
             loc = tuple(err["loc"])
             key = ".".join(str(p) for p in loc) or "(top level)"
-            line = None
-            for i in range(len(loc), -1, -1):
-                line = lines.get(loc[:i])
-                if line is not None:
-                    break
+            line = line_of(lines, loc)
             where = f" (line {line})" if line is not None else ""
             msg = err["msg"]
             if err["type"] == "extra_forbidden":

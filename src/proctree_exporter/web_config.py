@@ -29,8 +29,9 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import bcrypt
-import yaml
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+
+from .yamlfile import line_of, load_mapping
 
 
 class WebConfigError(ValueError):
@@ -448,35 +449,11 @@ class WebConfig:
 # --- loading ------------------------------------------------------------------------------
 
 
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader; composed nodes carry the line of every key."""
-
-
-def _key_lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int],
-               dups: list[tuple[tuple[Any, ...], int]]) -> None:
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key_node, value_node in node.value:
-            key = (*path, key_node.value)
-            line = key_node.start_mark.line + 1
-            if isinstance(key_node.value, str) and key_node.value in seen:
-                # PyYAML keeps the last silently; Go's strict decoder refuses.
-                dups.append((key, line))
-            if isinstance(key_node.value, str):
-                seen.add(key_node.value)
-            out[key] = line
-            _key_lines(value_node, key, out, dups)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _key_lines(item, (*path, i), out, dups)
-
-
 def _format(source: str, lines: Mapping[tuple[Any, ...], int], problems: list[Problem]) -> str:
     msgs = []
     for loc, msg in problems:
         key = ".".join(str(p) for p in loc) or "(top level)"
-        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+        line = line_of(lines, loc)
         where = f" (line {line})" if line is not None else ""
         msgs.append(f"{key}{where}: {msg}")
     return f"{source}: " + "; ".join(msgs)
@@ -488,26 +465,7 @@ def _join(base_dir: Path, name: str) -> Path:
 
 
 def _parse(text: str, source: str, base_dir: Path) -> WebConfig:
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise WebConfigError(f"{source}:{where}: not valid YAML: "
-                             f"{getattr(exc, 'problem', None) or exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise WebConfigError(f"{source}: the top level must be a mapping of keys, "
-                             f"got {type(data).__name__}")
-    lines: dict[tuple[Any, ...], int] = {}
-    dups: list[tuple[tuple[Any, ...], int]] = []
-    if node is not None:
-        _key_lines(node, (), lines, dups)
-    if dups:
-        raise WebConfigError(f"{source}: " + "; ".join(
-            f"{'.'.join(map(str, k))} (line {n}): duplicate key" for k, n in dups))
+    data, lines = load_mapping(text, source, WebConfigError)
 
     try:
         doc = _WebConfigFile.model_validate(data)
