@@ -1,7 +1,7 @@
 /*
  * loadgen: process and thread storms for bench/event_capture.py.
  *
- *   loadgen MODE WORKERS SECONDS OUTDIR
+ *   loadgen MODE WORKERS SECONDS OUTDIR [RATE]
  *   loadgen exec PARENT_PID PROGRAM [ARGS...]
  *
  * MODE is fork-exit, fork-exec or threads. The main process forks WORKERS
@@ -11,11 +11,18 @@
  *   fork-exec  fork(); the child execve("/bin/true"); waitpid
  *   threads    pthread_create(); the thread records its tid and returns; join
  *
+ * RATE (optional, tasks per second over all workers; 0 or absent: flat out,
+ * as before) paces each worker to RATE / WORKERS on a CLOCK_MONOTONIC
+ * schedule: a worker that is ahead sleeps until its next task is due; one
+ * that falls behind catches up by at most 50 ms worth of tasks (so a stall
+ * does not turn into a burst). bench/collector_blocking.py uses it.
+ *
  * Every worker writes the pid (or tid) of each task it created to
  * OUTDIR/worker-N.pids as native int32, so the bench can attribute events
  * exactly, even though pid_max is small and pids are reused many times.
  * The main process waits for the workers and prints one JSON object on stdout:
- * mode, workers, seconds, elapsed_s, created, failed, per_worker, worker_pids.
+ * mode, workers, seconds, rate, elapsed_s, created, failed, per_worker,
+ * worker_pids.
  *
  * Nothing outlives the run: the deadline stops the workers, and
  * PR_SET_PDEATHSIG kills the main process if the bench dies and the workers
@@ -42,6 +49,8 @@
 #include <unistd.h>
 
 #define MAX_WORKERS 64
+#define MAX_BACKLOG_S 0.05 /* a paced worker catches up at most this much lost time */
+#define MIN_SLEEP_S 0.0005 /* a paced worker sleeps only when at least this far ahead */
 
 enum mode { FORK_EXIT, FORK_EXEC, THREADS };
 
@@ -77,11 +86,41 @@ static void record(FILE *out, pid_t pid)
 	(void)fwrite(&v, sizeof(v), 1, out);
 }
 
-static void worker(enum mode mode, double deadline, struct tally *t, FILE *out)
+static void sleep_until(double t)
+{
+	struct timespec ts;
+
+	ts.tv_sec = (time_t)t;
+	ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
+}
+
+/* rate: this worker's tasks per second, 0 for flat out */
+static void worker(enum mode mode, double deadline, double rate, struct tally *t, FILE *out)
 {
 	static char *const true_argv[] = { "/bin/true", NULL };
+	double origin = now_s(); /* task k is due at origin + k / rate */
+	uint64_t k = 0;
 
 	while (now_s() < deadline) {
+		if (rate > 0) {
+			double now = now_s();
+			double due = origin + (double)k / rate;
+
+			if (due < now - MAX_BACKLOG_S) {
+				origin = now - MAX_BACKLOG_S - (double)k / rate;
+			} else if (due - now >= MIN_SLEEP_S) {
+				sleep_until(due < deadline ? due : deadline);
+				if (now_s() >= deadline)
+					break;
+			}
+			k++;
+		}
 		if (mode == THREADS) {
 			pthread_t th;
 			pid_t tid = 0;
@@ -121,7 +160,7 @@ static void worker(enum mode mode, double deadline, struct tally *t, FILE *out)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: loadgen fork-exit|fork-exec|threads WORKERS SECONDS OUTDIR\n"
+	fprintf(stderr, "usage: loadgen fork-exit|fork-exec|threads WORKERS SECONDS OUTDIR [RATE]\n"
 			"       loadgen exec PARENT_PID PROGRAM [ARGS...]\n");
 	exit(2);
 }
@@ -142,13 +181,14 @@ int main(int argc, char **argv)
 	enum mode mode;
 	int workers;
 	double seconds;
+	double rate = 0; /* tasks per second over all workers; 0: flat out */
 	pid_t pids[MAX_WORKERS];
 	struct tally *tallies;
 	pid_t main_pid = getpid();
 
 	if (argc >= 4 && !strcmp(argv[1], "exec"))
 		return exec_tied(&argv[2]);
-	if (argc != 5)
+	if (argc != 5 && argc != 6)
 		usage();
 	if (!strcmp(argv[1], "fork-exit"))
 		mode = FORK_EXIT;
@@ -160,7 +200,9 @@ int main(int argc, char **argv)
 		usage();
 	workers = atoi(argv[2]);
 	seconds = atof(argv[3]);
-	if (workers < 1 || workers > MAX_WORKERS || seconds <= 0)
+	if (argc == 6)
+		rate = atof(argv[5]);
+	if (workers < 1 || workers > MAX_WORKERS || seconds <= 0 || rate < 0)
 		usage();
 
 	/* If the bench dies, so do we (the deadline bounds us anyway). */
@@ -204,7 +246,7 @@ int main(int argc, char **argv)
 			static char buf[1 << 16];
 
 			setvbuf(out, buf, _IOFBF, sizeof(buf));
-			worker(mode, deadline, &tallies[i], out);
+			worker(mode, deadline, rate / workers, &tallies[i], out);
 			if (fclose(out) != 0)
 				_exit(1);
 			tallies[i].done = 1;
@@ -232,10 +274,10 @@ int main(int argc, char **argv)
 		created += tallies[i].created;
 		failed += tallies[i].failed;
 	}
-	printf("{\"mode\": \"%s\", \"workers\": %d, \"seconds\": %g, \"elapsed_s\": %.6f, "
-	       "\"created\": %llu, \"failed\": %llu, \"ok\": %s, \"main_pid\": %d, "
-	       "\"per_worker\": [",
-	       argv[1], workers, seconds, elapsed, (unsigned long long)created,
+	printf("{\"mode\": \"%s\", \"workers\": %d, \"seconds\": %g, \"rate\": %g, "
+	       "\"elapsed_s\": %.6f, \"created\": %llu, \"failed\": %llu, \"ok\": %s, "
+	       "\"main_pid\": %d, \"per_worker\": [",
+	       argv[1], workers, seconds, rate, elapsed, (unsigned long long)created,
 	       (unsigned long long)failed, ok ? "true" : "false", (int)main_pid);
 	for (int i = 0; i < workers; i++)
 		printf("%s%llu", i ? ", " : "", (unsigned long long)tallies[i].created);
