@@ -62,6 +62,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from proctree_exporter import procfs
+from proctree_exporter.clock import CLOCK_TICKS
 from proctree_exporter.collector import MAX_BATCHES_PER_WAKE, CollectorSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,7 +206,7 @@ class DaemonProcess:
         except (OSError, IndexError):
             return None
         # fields from state (3rd) on: utime and stime are the 14th and 15th
-        return (int(fields[11]) + int(fields[12])) / procfs.CLOCK_TICKS
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
     def connector_drops(self) -> int | None:
         """The kernel's drop counter of the daemon's proc connector socket."""

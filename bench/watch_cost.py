@@ -1,7 +1,9 @@
 """Watch-cost benchmark: what one root watcher costs, and how fast it sees an exit.
 
-Compares this project's root watcher (proc connector -> PidTree -> Watchers)
-with process-watchman 0.2.1 (psutil polling) on the same watched root, at
+Compares this project's public Python API (``Monitor.attach`` and
+``Root.observe``: proc connector -> PidTree -> Roots -> the root's change log ->
+the handle's own mirror) with process-watchman 0.2.1 (psutil polling) on the
+same watched root, at
 three host sizes: 100, 1,000 and 10,000 background processes (sleeping
 children of a tiny C program compiled at run time into a temporary directory,
 statically linked: see :func:`compile_helpers` for why).
@@ -9,10 +11,11 @@ statically linked: see :func:`compile_helpers` for why).
 The watched root is a separate process (a second copy of the same program,
 ``root`` mode) with ten sleeping children. At each host size:
 
-1. observe cost: time per call of ``watcher.observe()``,
-   ``watcher.observe(members=False)`` and process-watchman's ``poll()``
-   (``include_root=True``, default ``children_recursive`` strategy), median
-   and p99 microseconds, wall clock around each call.
+1. attach and observe cost: the time ``Monitor.attach(pid=...)`` takes (it
+   relists the new root's members, under the tree lock), and per call of
+   ``root.observe()``, ``root.observe(members=False)`` and process-watchman's
+   ``poll()`` (``include_root=True``, default ``children_recursive``
+   strategy), median and p99 microseconds, wall clock around each call.
 2. exit-to-delta latency: the root forks a child; once the observer under
    test lists it, the bench signals it; the child reads CLOCK_MONOTONIC,
    writes that to the bench over a pipe and ``_exit``s. Latency is from that
@@ -719,13 +722,11 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 def measure_size(size: int, helpers: Helpers, sleepers: list[Child], started: list[Child],
-                 tree: Any, collector: Any, probe: ApplyProbe, gcw: GcWatch, budget: Budget,
+                 monitor: Any, probe: ApplyProbe, gcw: GcWatch, budget: Budget,
                  deadline: Deadline) -> dict[str, Any]:
     """Top the background up to ``size`` sleepers, then measure both observers on a new root."""
+    tree, collector = monitor._tree, monitor._collector  # the bench peeks at the collector
     from process_watchman import ProcessTreeWatcher, WatcherConfig
-
-    from proctree_exporter.tree import TreeListener
-    from proctree_exporter.watch import RootSpec, Watchers
 
     have = sum(c.count for c in sleepers)
     t0 = time.monotonic()
@@ -747,14 +748,14 @@ def measure_size(size: int, helpers: Helpers, sleepers: list[Child], started: li
     root = Child(helpers.root, "root", ROOT_CHILDREN)
     started.append(root)
     root.expect("ready")
-    # the pid selector matches when the Watchers scan runs: the tree must know the
-    # root and its children first (and have applied its EXEC, so comm is right)
+    # the pid selector matches when attach scans: the tree must know the root and its
+    # children first (and have applied its EXEC, so comm is right)
     wait_until(lambda: len(tree.descendants(root.pid)) == ROOT_CHILDREN
                and (n := tree.get(root.pid)) is not None and n.comm == helpers.root.name,
                30, "the tree to learn the watched root")
-    watchers = Watchers(tree, [RootSpec(name="bench", select="pid", match=str(root.pid))])
-    watchers.attach()
-    watcher = watchers.watcher("bench")
+    t_attach = time.perf_counter_ns()
+    watcher = monitor.attach("bench", pid=root.pid)
+    attach_us = (time.perf_counter_ns() - t_attach) / 1e3
     first = watcher.observe()
     wm = ProcessTreeWatcher.attach(root.pid, WatcherConfig(include_root=True))
     wm_first = wm.poll()
@@ -766,6 +767,7 @@ def measure_size(size: int, helpers: Helpers, sleepers: list[Child], started: li
         "loadavg_1m_before": os.getloadavg()[0],
         "members_ours": len(first.members),
         "members_watchman": len(wm_first.processes),
+        "attach_us": round(attach_us, 1),
     }
     ev0 = sum(collector.stats.events.values())
     gc_t0 = time.monotonic_ns()
@@ -785,7 +787,7 @@ def measure_size(size: int, helpers: Helpers, sleepers: list[Child], started: li
     wm_lat = watchman_latency(root, wm, budget.wm_lat_iters,
                               min(budget.wm_lat_s, max(1.0, deadline.left() / 4)))
     # the latency loops left tombstones in the root: observe() copies them every call
-    tombs = len(watcher.observe(members=False).tombstones)
+    tombs = len(watcher.observe().tombstones)
     res["cost_us"].update(time_calls(
         {"ours_observe_no_members_with_tombstones": lambda: watcher.observe(members=False)},
         budget.cost_calls, 2 * budget.cost_s, rounds=budget.rounds, reference=True))
@@ -806,8 +808,7 @@ def measure_size(size: int, helpers: Helpers, sleepers: list[Child], started: li
         "latency_p50": (res["latency"]["watchman"]["total_ms"]["median"]
                         / res["latency"]["ours"]["total_ms"]["median"]),
     }
-    with tree.lock:
-        tree.listener = TreeListener()  # detach: the next size attaches its own root
+    watcher.detach()  # the next size attaches its own root
     root.end()
     return res
 
@@ -884,9 +885,11 @@ def print_table(meta: dict[str, Any], results: list[dict[str, Any]],
         [f"{r['collector_events_per_s_during']:,.0f}" for r in results])
     row("load average 1m, before -> after",
         [f"{r['loadavg_1m_before']:.2f} -> {r['loadavg_1m_after']:.2f}" for r in results])
-    print("\nobserve cost, us per call: median [p99] (wall clock unless said)")
-    for key, label in (("ours_observe", "ours observe()"),
-                       ("ours_observe_no_members", "ours observe(members=False)"),
+    print("\npublic API: attach, then observe; cost in us per call: median [p99] (wall clock "
+          "unless said)")
+    row("  ours Monitor.attach(pid=...), once", [f"{r['attach_us']:,.0f}" for r in results])
+    for key, label in (("ours_observe", "ours Root.observe()"),
+                       ("ours_observe_no_members", "ours Root.observe(members=False)"),
                        ("watchman_poll", "process-watchman poll()")):
         row(f"  {label}", [fmt_cost(r["cost_us"][key]) for r in results])
         row("    thread CPU time", [fmt_cost({"median": r["cost_us"][key]["cpu_median"],
@@ -979,8 +982,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_environment()
     watchman = importlib.import_module("process_watchman")
 
-    from proctree_exporter.collector import Collector, CollectorSettings
-    from proctree_exporter.tree import PidTree
+    from proctree_exporter import Monitor
 
     deadline = Deadline(HARD_DEADLINE_S)
     budget = Budget().scaled(args.scale)
@@ -988,27 +990,24 @@ def main(argv: list[str] | None = None) -> int:
     started: list[Child] = []
     sleepers: list[Child] = []
     results: list[dict[str, Any]] = []
-    collector = None
+    monitor = None
     gcw = GcWatch()
     gc.callbacks.append(gcw)
     tmp = Path(tempfile.mkdtemp(prefix="watch_cost-"))
     try:
         with raised_limits(proc_count() + max(sizes) + 2_000, notes):
             helpers = compile_helpers(tmp, args.dynamic)
-            tree = PidTree()
-            probe = ApplyProbe(tree)
-            collector = Collector(tree, CollectorSettings())
-            collector.start()
-            if not collector.ready.wait(60) or collector.failed is not None:
-                raise RuntimeError(f"collector did not start: {collector.failed}")
+            monitor = Monitor()
+            probe = ApplyProbe(monitor._tree)  # before start: the collector looks it up
+            monitor.start()
             for size in sizes:
                 if deadline.left() < 60:
                     notes.append(f"stopped before {size:,} sleepers: run time bound reached")
                     break
                 print(f"measuring with {size:,} sleepers ...", flush=True)
-                results.append(measure_size(size, helpers, sleepers, started, tree, collector,
+                results.append(measure_size(size, helpers, sleepers, started, monitor,
                                             probe, gcw, budget, deadline))
-            cstats = collector.stats
+            cstats = monitor._collector.stats
             meta = {
                 "benchmark": "watch_cost",
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -1044,8 +1043,8 @@ def main(argv: list[str] | None = None) -> int:
                 c.end()
             except (OSError, subprocess.TimeoutExpired) as exc:
                 print(f"watch_cost: could not end pid {c.pid}: {exc}", file=sys.stderr)
-        if collector is not None:
-            collector.stop()
+        if monitor is not None:
+            monitor.close()
         shutil.rmtree(tmp, ignore_errors=True)
         gc.callbacks.remove(gcw)
     left = leftovers({c.pid for c in started})

@@ -136,7 +136,12 @@ def test_watch_streams_json_lines_for_one_tree(janitor: Janitor) -> None:
     assert len(exits) == 1 and "exited with code 5" in exits[0]["reason"]
     added = [e for e in events if e["event"] == "added" and e["pid"] == exits[0]["pid"]]
     assert len(added) == 1, "a short-lived child is shown joining and leaving"
-    assert any(e["event"] == "added" and e["comm"] == "sleep" for e in events)
+    # a child joins at its fork (with its parent's name), then execs
+    sleeper = next(e for e in events if e["event"] == "exec" and e["comm"] == "sleep")
+    joined = [e for e in events if e["event"] == "added" and e["pid"] == sleeper["pid"]]
+    assert len(joined) == 1 and events.index(joined[0]) < events.index(sleeper)
+    assert "now runs /usr/bin/sleep" in sleeper["reason"] or "now runs /bin/sleep" in \
+        sleeper["reason"]
 
 
 @pytest.mark.kernel

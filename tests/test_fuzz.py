@@ -24,7 +24,7 @@ WHATS = [int(w) for w in nl.What if w != nl.What.NONZERO_EXIT]
 
 def fresh() -> tuple[PidTree, Collector]:
     # /proc reads fail on purpose: only the bytes decide what happens
-    tree = PidTree(proc="/nonexistent", max_nodes=1000)
+    tree = PidTree(reader=procfs.ProcFS("/nonexistent"), max_nodes=1000)
     return tree, Collector(tree, CollectorSettings(source="procfs"))
 
 
@@ -145,7 +145,7 @@ def test_odd_proc_files_are_counted_not_raised(tmp_path_factory, files) -> None:
     assert len(infos) == good
     # an empty stat reads as a process that went away; anything else odd is malformed
     assert stats.malformed + stats.vanished == len(files) - good
-    tree = PidTree(proc=str(root))
+    tree = PidTree(reader=procfs.ProcFS(str(root)))
     with tree.lock:
         tree.reconcile(infos)
     check_tree(tree)

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
+from proctree_exporter.actions import ActionSpec
 from proctree_exporter.collector import Collector
 from proctree_exporter.config import OtelConfig
 from proctree_exporter.export.otel import (
@@ -35,9 +36,9 @@ from proctree_exporter.export.otel import (
     EVENT_NAMES,
     OtelExporter,
 )
-from proctree_exporter.reaper import ActionSpec
+from proctree_exporter.membership import Roots
+from proctree_exporter.rootspec import RootSpec
 from proctree_exporter.tree import PidTree, TreeListener
-from proctree_exporter.watch import RootSpec, Watchers
 
 from .conftest import PYTHON, Janitor, find_node, read_lines, start_ticks, wait_for
 
@@ -53,17 +54,17 @@ def tree(live: tuple[PidTree, Collector]) -> Iterator[PidTree]:
 
 
 class Harness:
-    """Watchers over the live tree and an OtelExporter with in-memory exporters."""
+    """Roots over the live tree and an OtelExporter with in-memory exporters."""
 
     def __init__(self, tree: PidTree, specs: list[RootSpec], **otel: Any) -> None:
-        self.watchers = Watchers(tree, specs)
-        self.watchers.attach()
+        self.roots = Roots(tree, specs)
+        self.roots.attach()
         self.spans_out = InMemorySpanExporter()
         self.logs_out = InMemoryLogRecordExporter()
         settings = {"enabled": True, "events": "both", "checkpoint_interval_seconds": 0,
                     "schedule_delay_seconds": 0.2, **otel}
         self.cfg = OtelConfig(**settings)
-        self.exporter = OtelExporter(self.cfg, self.watchers, span_exporter=self.spans_out,
+        self.exporter = OtelExporter(self.cfg, self.roots, span_exporter=self.spans_out,
                                      log_exporter=self.logs_out)
 
     def poll_until(self, pred: Any, timeout: float = 30.0) -> Any:
@@ -320,13 +321,14 @@ def test_a_long_lived_process_is_visible_before_it_exits(tree: PidTree, janitor:
     assert events(first) == [EV_EXEC], "events of the interval are copied onto it"
     assert events(second) == []
 
-    # an exec long after the start is seen at the next checkpoint, and renames the span
+    # an exec long after the start is an event when it happens (the kernel's EXEC),
+    # copied onto the next checkpoint, which carries the new name
     assert holder.stdin is not None
     holder.stdin.write("exec\n")
     holder.stdin.flush()
     def seen_late(c: ReadableSpan) -> list[Any]:
         return [e for e in c.events if e.name == EV_EXEC
-                and e.attributes["proctree.exec.seen"] == "checkpoint"
+                and e.attributes["proctree.exec.seen"] == "exec"
                 and e.attributes["process.executable.name"] == "sleep"]
     h.poll_until(lambda: any(seen_late(c) for c in checkpoints(shell)))
     renamed = next(c for c in checkpoints(shell) if seen_late(c))
@@ -508,11 +510,11 @@ def test_a_root_removed_by_reload_ends_its_open_spans(tree: PidTree, janitor: Ja
     harnesses.append(h)
     h.exporter.poll()
     assert h.exporter.stats().open_spans == 1
-    h.watchers.set_roots([])
+    h.roots.set_roots([])
     h.poll_until(lambda: sleeper.pid in h.process_spans("gone"))
     span = h.process_spans("gone")[sleeper.pid]
     assert span.attributes["proctree.span.end_reason"] == "root_removed"
     assert h.exporter.stats().open_spans == 0
     # and it comes back as a new trace when the root is configured again
-    h.watchers.set_roots([spec])
+    h.roots.set_roots([spec])
     h.poll_until(lambda: h.exporter.stats().open_spans == 1)

@@ -446,3 +446,28 @@ def test_a_bad_otel_setting_stops_the_daemon_with_a_clear_message(
     _, err = d.proc.communicate(timeout=30)
     assert d.proc.returncode == 1
     assert f"otel.tls.ca_file: {tmp_path / 'missing-ca.pem'}: no such file" in err
+
+
+def test_what_happens_right_after_ready_becomes_spans(janitor: Janitor, tmp_path: Path,
+                                                       http_receiver: HttpReceiver) -> None:
+    # the first round comes a poll interval after ready; the cursors exist before ready
+    d = start_daemon(janitor, tmp_path, config(http_receiver.endpoint, poll_interval_seconds=1))
+    runner = janitor.spawn(f"for i in 1 2 3 4 5; do /bin/true; done # {TOKEN}")
+    assert runner.wait(timeout=10) == 0
+
+    def children() -> list[Any]:
+        # (a child gone before its EXEC could be read keeps its parent's name: count by parent)
+        return [s for pid, spans in processes(http_receiver).items() for s in spans
+                if pid != runner.pid
+                and attrs(s.attributes).get("process.parent_pid") == runner.pid]
+
+    wait_for(lambda: len(children()) == 5 and runner.pid in processes(http_receiver),
+             timeout=30)
+    (runner_span,) = processes(http_receiver)[runner.pid]
+    assert "proctree.process.preexisting" not in attrs(runner_span.attributes)
+    for span in children():
+        assert span.parent_span_id == runner_span.span_id
+        assert attrs(span.attributes)["process.exit.code"] == 0
+    m = d.metrics()
+    assert not {k: v for k, v in m.items() if k[0] == "proctree_otel_dropped_total" and v}
+    stop_cleanly(d)

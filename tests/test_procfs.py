@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proctree_exporter import procfs
+from proctree_exporter.clock import boottime_offset_ns, monotonic_to_ticks
 
 FIX = Path(__file__).parent / "fixtures" / "proc"
 
@@ -126,7 +127,7 @@ def test_snapshot_covers_the_host_and_counts_what_it_skipped() -> None:
 def test_derived_start_ticks_agree_with_proc_within_a_tick() -> None:
     p = subprocess.Popen(["/bin/sleep", "5"])
     try:
-        derived = procfs.monotonic_to_ticks(time.monotonic_ns(), procfs.boottime_offset_ns())
+        derived = monotonic_to_ticks(time.monotonic_ns(), boottime_offset_ns())
         actual = procfs.read_stat(p.pid).start_ticks
         assert 0 <= derived - actual <= 2
     finally:

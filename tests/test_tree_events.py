@@ -12,11 +12,12 @@ import time
 
 from proctree_exporter import netlink as nl
 from proctree_exporter import procfs
+from proctree_exporter.clock import CLOCK_TICKS
 from proctree_exporter.tree import PidTree
 
 
 def ts_at_ticks(tree: PidTree, ticks: int) -> int:
-    return ticks * 1_000_000_000 // procfs.CLOCK_TICKS - tree._offset_ns + 1000
+    return ticks * 1_000_000_000 // CLOCK_TICKS - tree.clock.boottime_offset_ns + 1000
 
 
 def fork(tree: PidTree, parent: int, child: int, ticks: int) -> None:
@@ -28,7 +29,7 @@ def exit_(tree: PidTree, pid: int, ticks: int, status: int = 0) -> None:
 
 
 def fresh_tree() -> PidTree:
-    tree = PidTree(proc="/nonexistent")  # /proc reads fail: only events count
+    tree = PidTree(reader=procfs.ProcFS("/nonexistent"))  # /proc reads fail: only events count
     fork(tree, 0, 100, 1000)
     return tree
 
@@ -69,7 +70,7 @@ def test_exec_by_a_non_leader_thread_revives_the_leader_exit() -> None:
     fork(tree, 100, 500, 1100)
     exit_(tree, 500, 1200)  # the old leader thread dies in de_thread
     assert tree.get(500).exited
-    tree.proc = procfs.PROC
+    tree.reader = procfs.ProcFS()
     # the exec that follows finds the same identity alive: use our own pid as a stand-in
     me = procfs.read_stat(os.getpid())
     fork(tree, 100, me.pid, me.start_ticks)

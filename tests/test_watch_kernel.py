@@ -1,4 +1,8 @@
-"""Root watchers and the reaper on real process trees."""
+"""Root membership, classification and actions on real process trees.
+
+Each test watches its roots through the public :class:`~proctree_exporter.Root`
+handle over the session's live tree: what a program using the Python API sees.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from proctree_exporter import procfs
+from proctree_exporter import Identity, Observation, Root, procfs
+from proctree_exporter.actions import ActionOutcome, ActionSpec, send_to_identity
+from proctree_exporter.classification import ORPHANED, PID_REUSED, ZOMBIE
 from proctree_exporter.collector import Collector
-from proctree_exporter.reaper import (
-    DRY_RUN,
-    IDENTITY_CHANGED,
-    ORPHANED,
-    PID_REUSED,
-    SENT,
-    ZOMBIE,
-    ActionSpec,
-    send_to_identity,
-)
+from proctree_exporter.membership import Roots
+from proctree_exporter.rootspec import RootSpec
 from proctree_exporter.tree import PidTree, TreeListener
-from proctree_exporter.watch import Observation, RootSpec, Watcher, Watchers
 
 from .conftest import PYTHON, Janitor, find_node, read_lines, wait_for
 
 pytestmark = pytest.mark.kernel
+
+DRY_RUN, IDENTITY_CHANGED, SENT = (ActionOutcome.DRY_RUN, ActionOutcome.IDENTITY_CHANGED,
+                                   ActionOutcome.SENT)
 
 
 @pytest.fixture
@@ -39,17 +39,27 @@ def tree(live: tuple[PidTree, Collector]) -> Iterator[PidTree]:
         t.listener = TreeListener()
 
 
-def watch(tree: PidTree, *specs: RootSpec) -> Watchers:
-    w = Watchers(tree, specs)
+class Watched(Roots):
+    """The roots of one test, with a handle per root as a program would hold it."""
+
+    def watcher(self, name: str) -> Root:
+        return Root(self, name)
+
+
+def watch(tree: PidTree, *specs: RootSpec) -> Watched:
+    w = Watched(tree, specs)
     w.attach()
     return w
 
 
-def settle(watcher: Watcher, cond, timeout: float = 5.0) -> Observation:  # type: ignore[no-untyped-def]
-    """Observe until ``cond(obs)`` holds (accumulating nothing: each call is a fresh view)."""
+def settle(watcher: Root, cond, timeout: float = 5.0,  # type: ignore[no-untyped-def]
+           seen: list[Observation] | None = None) -> Observation:
+    """Observe until ``cond(obs)`` holds; every observation is also put in ``seen``."""
     deadline = time.monotonic() + timeout
     while True:
         obs = watcher.observe()
+        if seen is not None:
+            seen.append(obs)
         if cond(obs):
             return obs
         if time.monotonic() > deadline:
@@ -83,14 +93,16 @@ def test_wrapper_exit_leaves_its_50_children_as_orphaned_members(tree: PidTree,
     wrapper.stdin.write("go\n")
     wrapper.stdin.close()
     wrapper.wait(timeout=5)
-    obs = settle(watcher, lambda o: o.classes["orphaned"] == 50)
+    seen: list[Observation] = []
+    obs = settle(watcher, lambda o: o.classes["orphaned"] == 50, seen=seen)
     assert not obs.root_alive
     assert pids(obs) == set(kids), "every child is still a member after the wrapper exited"
     assert all(m.cls == ORPHANED for m in obs.members.values())
     one = next(iter(obs.members.values()))
     assert f"parent PID {wrapper.pid}" in one.reason and "is dead" in one.reason
-    assert [m.pid for m in obs.delta.removed] == [wrapper.pid]
-    assert obs.delta.added == ()
+    assert "; reparented to PID " in one.reason and one.comm == "sleep"
+    assert [m.pid for o in seen for m in o.delta.removed] == [wrapper.pid]
+    assert all(o.delta.added == () for o in seen)
 
 
 BURST = (
@@ -231,7 +243,7 @@ def test_zombie_class_after_the_grace_names_its_parent(tree: PidTree, janitor: J
     early = watcher.observe()
     assert early.classes["zombie"] == 0  # not before the grace
     obs = settle(watcher, lambda o: o.classes["zombie"] == 1)
-    (change,) = [e for e in obs.events if e.new == ZOMBIE]
+    (change,) = [e for e in obs.events if e.new_class == ZOMBIE]
     assert change.pid == child
     assert f"parent PID {holder.pid} (python" in change.reason and "has not reaped" in change.reason
 
@@ -300,6 +312,8 @@ def _ignores_term(pid: int) -> bool:
 
 
 def _leftover_scene(tree: PidTree, janitor: Janitor, actions: ActionSpec):  # type: ignore[no-untyped-def]
+    """A wrapper leaving two children (one ignores SIGTERM) in root ``job``; returns the
+    roots, the children, an outsider and a handle on ``job`` made before the wrapper ends."""
     wrapper = janitor.spawn(LEFTOVERS, stdin=subprocess.PIPE)
     kids = [int(x) for x in read_lines(wrapper, 2)]
     for k in kids:
@@ -308,16 +322,17 @@ def _leftover_scene(tree: PidTree, janitor: Janitor, actions: ActionSpec):  # ty
     wait_for(lambda: all(find_node(tree, k) for k in kids))
     wait_for(lambda: _ignores_term(kids[1]))
     w = watch(tree, RootSpec(name="job", select="pid", match=str(wrapper.pid), actions=actions))
-    assert w.watcher("job").observe().root_alive
+    handle = w.watcher("job")
+    assert handle.observe().root_alive
     assert wrapper.stdin is not None
     wrapper.stdin.write("go\n")
     wrapper.stdin.close()
     wrapper.wait(timeout=5)
-    return w, kids, outsider
+    return w, kids, outsider, handle
 
 
 def test_actions_terminate_only_the_roots_leftovers(tree: PidTree, janitor: Janitor) -> None:
-    w, kids, outsider = _leftover_scene(
+    w, kids, outsider, handle = _leftover_scene(
         tree, janitor, ActionSpec(enabled=True, dry_run=False, term_grace_s=0.5))
     for k in kids:
         node = find_node(tree, k)
@@ -329,12 +344,14 @@ def test_actions_terminate_only_the_roots_leftovers(tree: PidTree, janitor: Jani
     assert find_node(tree, kids[1]).exit_signal == signal.SIGKILL
     assert find_node(tree, kids[0]).exit_signal == signal.SIGTERM
     assert outsider.poll() is None, "a process outside the root's lineage was touched"
-    obs = w.watcher("job").observe()
-    assert [e.pid for e in obs.events if e.kind == "action" and e.new == SENT].count(kids[1]) == 2
+    obs = handle.observe()
+    sent = [e for e in obs.events if e.kind == "action" and e.outcome == SENT]
+    assert [e.pid for e in sent].count(kids[1]) == 2
+    assert {e.signal for e in sent if e.pid == kids[1]} == {signal.SIGTERM, signal.SIGKILL}
 
 
 def test_dry_run_actions_signal_nothing(tree: PidTree, janitor: Janitor) -> None:
-    w, kids, _ = _leftover_scene(tree, janitor, ActionSpec(enabled=True, term_grace_s=0.2))
+    w, kids, _, _ = _leftover_scene(tree, janitor, ActionSpec(enabled=True, term_grace_s=0.2))
     wait_for(lambda: w.roots["job"].actions.get(("kill", DRY_RUN)) == 2, timeout=5)
     assert w.roots["job"].actions.get(("term", DRY_RUN)) == 2
     for k in kids:
@@ -350,9 +367,9 @@ def test_a_pid_reused_between_check_and_signal_is_left_alone(janitor: Janitor) -
     # same tick could collide, so leave a few ticks between the two
     time.sleep(0.05)
     stranger = _spawn_at_pid(janitor, victim.pid)
-    assert send_to_identity(victim.pid, start, True, signal.SIGKILL) == IDENTITY_CHANGED
+    assert send_to_identity(Identity(victim.pid, start), signal.SIGKILL) == IDENTITY_CHANGED
     time.sleep(0.1)
     assert stranger.poll() is None, "the stranger holding the reused pid was signalled"
-    assert send_to_identity(stranger.pid, procfs.read_stat(stranger.pid).start_ticks, True,
+    assert send_to_identity(Identity(stranger.pid, procfs.read_stat(stranger.pid).start_ticks),
                             signal.SIGTERM) == SENT
     assert stranger.wait(timeout=5) == -signal.SIGTERM

@@ -15,11 +15,14 @@ from typing import Any
 
 from . import __version__
 from .capabilities import negotiate
+from .classification import EXITED
 from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .daemon import build, make_tree
-from .tree import NodeView, PidTree
-from .watch import MemberInfo, RootSpec, Watchers
+from .events import EventKind, RootEvent
+from .mirror import MemberInfo, member_from
+from .monitor import Monitor, MonitorError
+from .tree import PidTree, ProcessView, TreeNode, forest
 from .web_config import WebConfigError, load_web_config
 
 log = logging.getLogger("proctree_exporter")
@@ -101,47 +104,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- tree ---------------------------------------------------------------------
 
 
-def build_forest(views: Sequence[NodeView], root_pid: int | None = None) -> list[dict[str, Any]]:
-    """Nest node views by lineage into JSON-ready dicts.
-
-    Nodes whose lineage parent is not in ``views`` become top-level. With
-    ``root_pid``, only the live process holding that pid and its descendants.
-    """
-    by_id = {(v.pid, v.start_ticks): v for v in views}
-    kids: dict[tuple[int, int], list[NodeView]] = {}
-    tops: list[NodeView] = []
-    for v in views:
-        key = (v.lineage_ppid, v.lineage_start)
-        if v.lineage_ppid is not None and key in by_id and key != (v.pid, v.start_ticks):
-            kids.setdefault(key, []).append(v)  # type: ignore[arg-type]
-        else:
-            tops.append(v)
-    if root_pid is not None:
-        tops = [v for v in views if v.pid == root_pid and not v.reaped]
-
-    def doc(v: NodeView, seen: set[tuple[int, int]]) -> dict[str, Any]:
-        ident = (v.pid, v.start_ticks)
-        seen.add(ident)
-        children = sorted(kids.get(ident, ()), key=lambda c: (c.start_ticks, c.pid))
-        return {
-            "pid": v.pid,
-            "start_ticks": v.start_ticks,
-            "ppid": v.ppid,
-            "lineage_ppid": v.lineage_ppid,
-            "lineage_source": v.lineage_source,
-            "lineage_known": v.lineage_known,
-            "comm": v.comm,
-            "state": v.state,
-            "exited": v.exited,
-            "exit_code": v.exit_code,
-            "exit_signal": v.exit_signal,
-            "zombie": v.zombie,
-            "orphaned": v.orphaned,
-            "children": [doc(c, seen) for c in children if (c.pid, c.start_ticks) not in seen],
-        }
-
-    seen: set[tuple[int, int]] = set()
-    return [doc(v, seen) for v in sorted(tops, key=lambda t: (t.start_ticks, t.pid))]
+def build_forest(views: Sequence[ProcessView], root_pid: int | None = None) -> list[dict[str, Any]]:
+    """Nest process views by lineage into JSON-ready dicts (see :func:`.tree.forest`)."""
+    out: list[dict[str, Any]] = []
+    # iterative: lineage chains can be deeper than Python's recursion limit
+    stack: list[tuple[TreeNode, list[dict[str, Any]]]] = [
+        (t, out) for t in reversed(forest(views, root_pid))]
+    while stack:
+        node, siblings = stack.pop()
+        v = node.process
+        children: list[dict[str, Any]] = []
+        siblings.append({
+            "pid": v.pid, "start_ticks": v.start_ticks, "ppid": v.ppid,
+            "lineage_ppid": v.lineage_ppid, "lineage_source": v.lineage_source,
+            "lineage_known": v.lineage_known, "comm": v.comm, "state": v.state,
+            "exited": v.exited, "exit_code": v.exit_code, "exit_signal": v.exit_signal,
+            "zombie": v.zombie, "orphaned": v.orphaned, "children": children,
+        })
+        stack.extend((c, children) for c in reversed(node.children))
+    return out
 
 
 def _marks(d: dict[str, Any]) -> str:
@@ -224,75 +205,115 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
     return 0
 
 
-def _event_line(kind: str, info: MemberInfo | None, *, root: str, ts: float, pid: int = 0,
-                start: int = 0, comm: str | None = None, cls: str = "", reason: str = "",
-                as_json: bool) -> str:
-    doc: dict[str, Any] = {"event": kind, "ts": round(ts, 6), "root": root}
-    if info is not None:
-        doc.update(pid=info.pid, start_ticks=info.start_ticks, comm=info.comm, ppid=info.ppid,
-                   lineage_ppid=info.lineage_ppid, depth=info.depth, **{"class": info.cls},
-                   reason=info.reason, exit_code=info.exit_code, exit_signal=info.exit_signal)
-    else:
-        doc.update(pid=pid, start_ticks=start, comm=comm, **{"class": cls}, reason=reason)
+_LINE_KINDS = {EventKind.JOINED: "added", EventKind.EXITED: "removed",
+               EventKind.EXEC: "exec", EventKind.CLASS: "class", EventKind.RESTART: "restart",
+               EventKind.ACTION: "action", EventKind.LOST: "lost"}
+
+
+def event_line(ev: RootEvent, member: MemberInfo | None, *, as_json: bool) -> str | None:
+    """One ``watch`` line for ``ev`` (None for kinds watch does not print)."""
+    kind = _LINE_KINDS.get(ev.kind)
+    if kind is None:
+        return None
+    cls = ev.new_class if ev.kind is EventKind.CLASS else (
+        ev.outcome if ev.kind is EventKind.ACTION else member.cls if member else "")
+    doc: dict[str, Any] = {"event": kind, "ts": round(ev.ts, 6), "root": ev.root,
+                           "pid": ev.pid, "start_ticks": ev.start_ticks, "comm": ev.comm,
+                           "class": cls or "", "reason": ev.reason}
+    if member is not None and ev.kind in (EventKind.JOINED, EventKind.EXITED):
+        doc.update(ppid=member.ppid, lineage_ppid=member.lineage_ppid, depth=member.depth,
+                   exit_code=member.exit_code, exit_signal=member.exit_signal)
+        if ev.kind is EventKind.JOINED:
+            doc["reason"] = ""
+    if ev.kind is EventKind.LOST:
+        doc["lost"] = ev.count
     if as_json:
         return json.dumps(doc)
-    stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+    stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts)) + f".{int(ev.ts % 1 * 1000):03d}"
     text = f"{stamp} {kind:<8} {doc['pid']:>7} {doc['comm'] or '?':<16} {doc['class']}"
     return f"{text}  {doc['reason']}" if doc["reason"] else text
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    """Stream one line per delta and class change of one tree, like forkstat scoped to it."""
+    """Stream one line per change of one tree, in the order things happened, like
+    forkstat scoped to it. Built on the Python API (:class:`.monitor.Monitor`)."""
     cfg, _ = _load(args.config)
     setup_logging("warning", "text")
     if args.root is not None:
-        spec = RootSpec(name="watch", select="pid", match=str(args.root))
+        select, match = "pid", str(args.root)
     elif args.comm is not None:
-        spec = RootSpec(name="watch", select="comm", match=args.comm)
+        select, match = "comm", args.comm
     else:
-        spec = RootSpec(name="watch", select="pidfile", match=args.pidfile)
-    tree, collector = _start(cfg)
-    watchers = Watchers(tree, [spec])
-    watchers.attach()
-    watcher = watchers.watcher("watch")
+        select, match = "pidfile", args.pidfile
+    c, t = cfg.collector, cfg.tree
+    monitor = Monitor(source=c.source, receive_buffer_bytes=c.receive_buffer_bytes,
+                      poll_interval_seconds=c.poll_interval_seconds, max_nodes=t.max_nodes,
+                      tombstone_ttl_seconds=t.tombstone_ttl_seconds,
+                      cmdline_max_chars=t.cmdline_max_chars, read_cgroups=t.read_cgroups)
+    try:
+        monitor.start()
+    except MonitorError as exc:
+        print(f"proctree-exporter: {exc}", file=sys.stderr)
+        return 1
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     deadline = time.monotonic() + args.for_seconds if args.for_seconds > 0 else None
-    print(f"watching {spec.select}={spec.match} (source {collector.stats.source})",
-          file=sys.stderr, flush=True)
     out = sys.stdout
-    first = True
     try:
+        try:
+            root = monitor.attach("watch", **{select: match})
+        except ValueError as exc:
+            print(f"proctree-exporter: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        print(f"watching {select}={match} (source {monitor.source})", file=sys.stderr,
+              flush=True)
+        first = root.observe(members=False)
+        for w in first.warnings:
+            if "listing capped" not in w:
+                print(f"warning: {w}", file=sys.stderr, flush=True)
+        # members and exited processes as the events describe them, for the
+        # details an event does not carry itself (parent, depth, exit status)
+        known: dict[tuple[int, int], MemberInfo] = {}
         while not stopping.is_set():
-            obs = watcher.observe(members=False)
-            if first:
-                for w in obs.warnings:
-                    print(f"warning: {w}", file=sys.stderr, flush=True)
-                first = False
+            wait = 0.1 if deadline is None else max(min(0.1, deadline - time.monotonic()), 0)
             lines = []
-            for i in obs.delta.transient:  # lived and died since the last look
-                lines.append(_event_line("added", i, root=spec.name, ts=i.started_at,
-                                         as_json=args.json))
-                lines.append(_event_line("removed", i, root=spec.name,
-                                         ts=i.exited_at or obs.ts, as_json=args.json))
-            lines += [_event_line("added", i, root=spec.name, ts=obs.ts, as_json=args.json)
-                      for i in obs.delta.added]
-            lines += [_event_line("removed", i, root=spec.name, ts=i.exited_at or obs.ts,
-                                  as_json=args.json) for i in obs.delta.removed]
-            lines += [_event_line(e.kind if e.kind != "class" else "class", None,
-                                  root=spec.name, ts=e.ts, pid=e.pid, start=e.start_ticks,
-                                  comm=e.comm, cls=e.new, reason=e.reason, as_json=args.json)
-                      for e in obs.events]
+            for ev in root.events(timeout=wait):
+                member = _track(known, ev)
+                line = event_line(ev, member, as_json=args.json)
+                if line is not None:
+                    lines.append(line)
+                if len(lines) >= 256 or stopping.is_set():
+                    break
             if lines:
                 out.write("\n".join(lines) + "\n")
                 out.flush()
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            stopping.wait(0.05)
     finally:
-        collector.stop()
+        monitor.close()
     return 0
+
+
+def _track(known: dict[tuple[int, int], MemberInfo], ev: RootEvent) -> MemberInfo | None:
+    """Keep ``known`` current from ``ev``; return the member it is about, as of now."""
+    ident = (ev.pid, ev.start_ticks)
+    if ev.kind is EventKind.JOINED:
+        known[ident] = member = member_from(ev)
+        return member
+    member = known.get(ident)
+    if member is None:
+        return None
+    if ev.kind is EventKind.EXITED:
+        member = known[ident] = member._replace(exited_at=ev.ts, exit_code=ev.exit_code,
+                                                exit_signal=ev.exit_signal, cls=EXITED)
+    elif ev.kind is EventKind.CLASS and ev.new_class is not None:
+        member = known[ident] = member._replace(cls=ev.new_class)
+    elif ev.kind is EventKind.EXEC:
+        member = known[ident] = member._replace(comm=ev.comm, exe=ev.exe)
+    elif ev.kind is EventKind.LEFT:
+        del known[ident]
+    return member
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -159,6 +159,30 @@ class Collector(threading.Thread):
         except OSError:  # the thread has ended
             return 0.0
 
+    def catch_up(self, timeout: float = 1.0) -> bool:
+        """Wait until every event the kernel queued before this call is applied to
+        the tree: True, or False after ``timeout`` (a storm that never lets the
+        socket empty). Immediately True when polling /proc or not running.
+
+        The kernel queues a fork's event before fork() returns to the parent, so a
+        caller that just started a process and then calls this finds it in the tree.
+        The collector only reads the socket under the tree lock, so an empty socket
+        seen under that lock means nothing queued earlier is still unapplied.
+        """
+        sock = self._sock
+        if sock is None or not self.is_alive():
+            return True
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.tree.lock:
+                if not poller.poll(0):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+
     def request_resync(self, reason: str) -> None:
         """Schedule a /proc resync (rate-limited by ``resync_min_interval_s``)."""
         self._resync_due = self._resync_due or reason
@@ -224,9 +248,8 @@ class Collector(threading.Thread):
         tree = self.tree
         known = tree.known_starts()
         walk_stats = procfs.SnapshotStats()
-        infos = procfs.snapshot(cmdline_max_chars=tree.cmdline_max_chars,
-                                cgroup=tree.read_cgroups, known=known, proc=tree.proc,
-                                stats=walk_stats)
+        infos = tree.reader.snapshot(cmdline_max_chars=tree.cmdline_max_chars,
+                                     cgroup=tree.read_cgroups, known=known, stats=walk_stats)
         self.stats.snapshot_vanished += walk_stats.vanished
         self.stats.snapshot_denied += walk_stats.denied
         return infos

@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .actions import ActionSpec
 from .collector import CollectorSettings
-from .reaper import ActionSpec
-from .watch import RootSpec
+from .rootspec import RootSpec
 from .yamlfile import line_of, load_mapping
 
 DEFAULT_PATHS = (Path("config.yaml"), Path("/etc/proctree-exporter/config.yaml"))

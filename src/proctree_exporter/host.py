@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .procfs import PROC, STATE_NAMES, AccessDenied, ProcessGone, iter_pids, read_stat
@@ -40,9 +41,11 @@ def count_states(proc: str = PROC) -> dict[str, int]:
 class HostStateSampler(threading.Thread):
     """Refreshes :attr:`latest` every ``interval_s`` until stopped."""
 
-    def __init__(self, interval_s: float = 15.0, proc: str = PROC) -> None:
+    def __init__(self, interval_s: float = 15.0, proc: str = PROC,
+                 on_start: Callable[[], None] | None = None) -> None:
         super().__init__(name="proctree-host-states", daemon=True)
         self.interval_s = interval_s
+        self.on_start = on_start  # run first in the thread (the daemon lowers its priority)
         self.proc = proc
         self.latest: HostStates | None = None
         self._stop_event = threading.Event()
@@ -56,6 +59,8 @@ class HostStateSampler(threading.Thread):
         return self.latest
 
     def run(self) -> None:
+        if self.on_start is not None:
+            self.on_start()
         while True:
             self.sample()
             if self._stop_event.wait(self.interval_s):

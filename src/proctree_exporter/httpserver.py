@@ -102,7 +102,8 @@ class Server:
     def __init__(self, address: tuple[str, int], app: Callable[..., Any], *, family: int,
                  ssl_context: ssl.SSLContext | None = None, max_connections: int = 64,
                  read_timeout_s: float = 10.0, max_pending: int = 1024,
-                 max_head_bytes: int = MAX_HEAD_BYTES) -> None:
+                 max_head_bytes: int = MAX_HEAD_BYTES,
+                 worker_init: Callable[[], None] | None = None) -> None:
         self.ssl_context = ssl_context
         self.read_timeout_s = read_timeout_s
         self.max_pending = max_pending
@@ -128,7 +129,8 @@ class Server:
                              "GATEWAY_INTERFACE": "CGI/1.1", "SERVER_PORT": str(port),
                              "REMOTE_HOST": "", "CONTENT_LENGTH": "", "SCRIPT_NAME": ""}
         self._workers = ThreadPoolExecutor(max_workers=max_connections,
-                                           thread_name_prefix="proctree-http")
+                                           thread_name_prefix="proctree-http",
+                                           initializer=worker_init)
         # complete requests wait for a worker, up to this many in flight; past that, 503.
         # Both bounds stay inside the file descriptor limit, with room for the rest.
         fds = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -288,15 +290,19 @@ class Server:
 
 
 def make_server(listen: str, app: Callable[..., Any], *, ssl_context: ssl.SSLContext | None,
-                max_connections: int = 64, read_timeout_s: float = 10.0) -> Server:
-    """Bind the server (raises OSError if the address is taken or not ours)."""
+                max_connections: int = 64, read_timeout_s: float = 10.0,
+                worker_init: Callable[[], None] | None = None) -> Server:
+    """Bind the server (raises OSError if the address is taken or not ours).
+    ``worker_init`` runs first in every worker thread."""
     family, host, port = parse_listen_address(listen)
     try:
         return Server((host, port), app, family=family, ssl_context=ssl_context,
-                      max_connections=max_connections, read_timeout_s=read_timeout_s)
+                      max_connections=max_connections, read_timeout_s=read_timeout_s,
+                      worker_init=worker_init)
     except OSError:
         if family == socket.AF_INET6 and host == "::":
             # no IPv6 on this host: every IPv4 address instead
             return Server(("", port), app, family=socket.AF_INET, ssl_context=ssl_context,
-                          max_connections=max_connections, read_timeout_s=read_timeout_s)
+                          max_connections=max_connections, read_timeout_s=read_timeout_s,
+                          worker_init=worker_init)
         raise

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
+
+from .identity import same_start
 
 PROC = "/proc"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _READ_CHUNK = 8192
 
 
@@ -328,7 +329,7 @@ def snapshot(
         try:
             if known is not None and pid in known:
                 info = read_process(pid, details=False, proc=proc)
-                if abs(info.stat.start_ticks - known[pid]) > 1:  # pid reused: read it all
+                if not same_start(known[pid], info.stat.start_ticks):  # reused: read it all
                     info = read_process(
                         pid, cmdline_max_chars=cmdline_max_chars, cgroup=cgroup, proc=proc
                     )
@@ -355,27 +356,54 @@ def snapshot(
     return out
 
 
-# --- clocks -----------------------------------------------------------------
+class ProcFS:
+    """The reads the PID tree makes of one /proc, as methods, so that tests can
+    hand the tree a fake /proc and the tree never opens files by itself."""
 
+    def __init__(self, proc: str = PROC) -> None:
+        self.proc = proc
 
-def boottime_offset_ns() -> int:
-    """CLOCK_BOOTTIME minus CLOCK_MONOTONIC: add it to a connector timestamp to get boot time.
+    def stat(self, pid: int) -> Stat:
+        """/proc/PID/stat (raises ProcessGone, AccessDenied, ValueError)."""
+        return read_stat(pid, self.proc)
 
-    The two clocks differ by the time spent suspended, so callers refresh this
-    now and then rather than computing it once.
-    """
-    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    def comm(self, pid: int) -> str:
+        """/proc/PID/comm: cheaper than stat when only the name is wanted."""
+        return read_bytes(pid, "comm", proc=self.proc).decode("utf-8", "replace").rstrip("\n")
 
+    def cmdline(self, pid: int, max_chars: int) -> str:
+        """/proc/PID/cmdline, arguments joined by spaces, cut to ``max_chars``."""
+        return read_cmdline(pid, max_chars, self.proc)
 
-def monotonic_to_ticks(ts_ns: int, offset_ns: int) -> int:
-    """A connector (monotonic) timestamp as stat's start_ticks, exact to within one tick."""
-    return (ts_ns + offset_ns) * CLOCK_TICKS // 1_000_000_000
+    def exe(self, pid: int) -> str | None:
+        """/proc/PID/exe's target (None for kernel threads and zombies)."""
+        return read_exe(pid, self.proc)
 
+    def cgroup(self, pid: int) -> str | None:
+        """The cgroup v2 path of /proc/PID/cgroup (None without a v2 hierarchy)."""
+        return read_cgroup(pid, self.proc)
 
-def boot_time_s(proc: str = PROC) -> float:
-    """Wall-clock time of boot (``btime`` of /proc/stat), for absolute start times."""
-    with open(f"{proc}/stat", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    raise ValueError("/proc/stat has no btime")
+    def uid(self, pid: int) -> int | None:
+        """Effective uid from /proc/PID/status (None when unreadable)."""
+        try:
+            return read_status(pid, self.proc).uids[1]
+        except (ProcReadError, ValueError):
+            return None
+
+    def snapshot(self, **kwargs: Any) -> list[ProcessInfo]:
+        """Every process of this /proc (see :func:`snapshot` for the arguments)."""
+        return snapshot(proc=self.proc, **kwargs)
+
+    def exists(self, pid: int) -> bool | None:
+        """Whether the kernel still holds ``pid``, by ``kill(pid, 0)``: at a quarter of
+        the cost of failing to open its stat file. None when this /proc is not the
+        running kernel's (then the caller reads stat instead)."""
+        if self.proc != PROC:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # exists, owned by someone else
+        return True

@@ -1,10 +1,11 @@
-"""One consistent, immutable picture of the exporter's state, for every reader.
+"""One consistent, immutable picture of the exporter's numbers, for /metrics.
 
-Exporters (Prometheus, OpenTelemetry, the JSON API) never read the tree or
-the watchers directly while they format: :func:`take` copies what they need
-under the tree lock, O(roots) plus O(event types), and releases it. Building
+Prometheus (and the OTLP copy of the same families) never read the tree or
+the roots while they format: :func:`take` copies the counters they need under
+the tree lock, O(roots) plus O(event types), and releases it. Building
 /metrics from a :class:`Snapshot` therefore costs the same whatever the number
-of processes on the host.
+of processes on the host. Everything per process leaves the core through the
+roots' change logs instead (:mod:`.changelog`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from . import __version__
 from .capabilities import Capability
 from .collector import LAG_BUCKETS, Collector
 from .host import HostStates
+from .membership import Roots, RootState
 from .tree import PidTree
-from .watch import Watchers
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +103,14 @@ class Snapshot:
     otel: OtelStats | None = None  # None while OpenTelemetry export is off
 
 
-def take(tree: PidTree, collector: Collector, watchers: Watchers | None,
+def take(tree: PidTree, collector: Collector, roots: Roots | None,
          capabilities: tuple[Capability, ...], host_states: HostStates | None,
          reloads: ReloadStatus, otel: OtelStats | None = None) -> Snapshot:
     """Copy the current state under the tree lock. O(roots), not O(processes)."""
     cs = collector.stats
     with tree.lock:
         ts = tree.stats
-        roots = tuple(_root(watchers, r) for r in watchers.roots.values()) if watchers else ()
+        root_snaps = tuple(_root(roots, r) for r in roots.roots.values()) if roots else ()
         cumulative = []
         running = 0
         for bound, count in zip((*LAG_BUCKETS, float("inf")), cs.lag.counts, strict=True):
@@ -118,11 +119,11 @@ def take(tree: PidTree, collector: Collector, watchers: Watchers | None,
         snap = Snapshot(
             ts=time.time(),
             version=__version__,
-            ready=collector.ready.is_set() and watchers is not None,
+            ready=collector.ready.is_set() and roots is not None,
             source=cs.source,
             filtered=cs.filtered,
             capabilities=capabilities,
-            roots=roots,
+            roots=root_snaps,
             events=dict(cs.events),
             events_lost=cs.events_lost,
             overruns=cs.overruns,
@@ -153,16 +154,16 @@ def take(tree: PidTree, collector: Collector, watchers: Watchers | None,
     return snap
 
 
-def _root(watchers: Watchers, root) -> RootSnapshot:  # type: ignore[no-untyped-def]
-    starts = [watchers.start_time(n) for n in root.instances]
+def _root(roots: Roots, root: RootState) -> RootSnapshot:
+    starts = [roots.clock.started_at(n.start_ticks) for n in root.instances]
     return RootSnapshot(
         name=root.name,
         select=root.spec.select,
         up=root.alive,
         instances=len(root.instances),
         start_time=max(starts) if starts else None,
-        members=root.member_count(),
-        classes=root.class_counts(),
+        members=root.n_listed,
+        classes={str(k): v for k, v in root.n_class.items()},
         spawned_total=root.spawned_total,
         exited_total=root.exited_total,
         restarts_total=root.restarts,
@@ -170,6 +171,6 @@ def _root(watchers: Watchers, root) -> RootSnapshot:  # type: ignore[no-untyped-
         actions=dict(root.actions),
         class_changes=dict(root.class_changes_total),
         max_depth=root.deepest,
-        truncated=root.member_count() > root.spec.max_members,
+        truncated=root.n_listed > root.spec.max_members,
         tombstones=len(root.tombstones),
     )

@@ -16,33 +16,26 @@ Threads are not nodes: a thread FORK/EXIT only moves the owner's thread count.
 
 The collector thread is the only writer; it holds :attr:`PidTree.lock` while
 applying a batch. Readers take the lock for the short time needed to copy.
+
+The tree never opens a file or reads a clock by itself: /proc comes through an
+injected reader (:class:`~.procfs.ProcFS`, or a fake in tests) and time through
+an injected :class:`~.clock.Clock`, so its logic runs the same on plain event
+sequences as on the kernel.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
 import threading
-import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import netlink as nl
-from .procfs import (
-    PROC,
-    AccessDenied,
-    ProcessGone,
-    ProcessInfo,
-    boottime_offset_ns,
-    monotonic_to_ticks,
-    read_bytes,
-    read_cgroup,
-    read_cmdline,
-    read_exe,
-    read_stat,
-    read_status,
-)
+from .clock import Clock
+from .identity import Identity, same_start
+from .procfs import AccessDenied, ProcessGone, ProcessInfo, ProcFS
+from .users import USER_NAMES
 
 # How lineage of a node was learned; anything but "fork" was inferred from ppid.
 LINEAGE_FORK = "fork"  # a FORK event named the parent
@@ -52,7 +45,12 @@ LINEAGE_LATE = "late"  # first seen at EXEC or via /proc, ppid at that time
 
 
 class Node:
-    """One process identity. Mutable, owned by the tree: copy via :meth:`PidTree.view`."""
+    """One process identity. Mutable, owned by the tree: copy via :meth:`PidTree.view`.
+
+    ``start_ticks`` never changes once the node exists (consumers key on it);
+    ``start_exact`` says whether it was read from /proc or derived from a FORK
+    timestamp, which decides how strictly it matches (see :mod:`.identity`).
+    """
 
     __slots__ = (
         "cgroup",
@@ -111,15 +109,13 @@ class Node:
         self.zombie_ns: int | None = None  # when the deferred check first saw state Z
 
     @property
-    def identity(self) -> tuple[int, int]:
+    def identity(self) -> Identity:
         """(pid, start_ticks): unique across PID reuse."""
-        return (self.pid, self.start_ticks)
+        return Identity(self.pid, self.start_ticks)
 
     def same_start(self, start_ticks: int) -> bool:
-        """Whether /proc's start time names this process (derived starts are +-1 tick)."""
-        if self.start_exact:
-            return start_ticks == self.start_ticks
-        return abs(start_ticks - self.start_ticks) <= 1
+        """Whether /proc's start time names this process (see :mod:`.identity`)."""
+        return same_start(self.start_ticks, start_ticks, self.start_exact)
 
     def __repr__(self) -> str:
         return f"Node({self.pid}, {self.start_ticks}, {self.comm!r}, exited={self.exited})"
@@ -136,8 +132,9 @@ class TreeListener:
     def spawned(self, node: Node) -> None:
         """A new process: forked, or first found by a resync or an EXEC."""
 
-    def changed(self, node: Node) -> None:
-        """comm, exe or cmdline changed (EXEC or COMM)."""
+    def changed(self, node: Node, prev: tuple[str | None, str | None, str | None] | None) -> None:
+        """comm, exe or cmdline changed (EXEC or COMM). ``prev`` is what they were
+        (comm, exe, cmdline), or None for a process first seen at this EXEC."""
 
     def exited(self, node: Node) -> None:
         """The process exited (EXIT event, or concluded from /proc after loss)."""
@@ -148,16 +145,16 @@ class TreeListener:
     def reaped(self, node: Node) -> None:
         """The pid was freed: the node is a tombstone now."""
 
-    def reparented(self, node: Node) -> None:
-        """The kernel gave a live process a new current parent (``node.ppid``)."""
+    def reparented(self, node: Node, prev_ppid: int) -> None:
+        """The kernel gave a process a new current parent (``node.ppid``): a live one, or
+        an exited one not yet reaped (whose new parent is the one that must reap it)."""
 
     def tick(self, now_ns: int) -> None:
         """Periodic work, after each housekeeping round (at least every 100 ms)."""
 
 
-@dataclass(frozen=True, slots=True)
-class NodeView:
-    """An immutable copy of a node for readers (CLI, exporters, API)."""
+class ProcessView(NamedTuple):
+    """An immutable copy of one process of the tree (CLI, Python API)."""
 
     pid: int
     start_ticks: int
@@ -180,6 +177,18 @@ class NodeView:
     exit_ns: int | None
     zombie: bool
     orphaned: bool  # alive while its lineage parent has exited
+
+    @property
+    def identity(self) -> Identity:
+        """(pid, start_ticks)."""
+        return Identity(self.pid, self.start_ticks)
+
+
+class TreeNode(NamedTuple):
+    """A process and its lineage children (see :func:`forest`)."""
+
+    process: ProcessView
+    children: tuple[TreeNode, ...]
 
 
 @dataclass(slots=True)
@@ -216,23 +225,6 @@ class ReconcileResult:
     reparented: int
 
 
-@dataclass(slots=True)
-class _UserNames:
-    cache: dict[int, str] = field(default_factory=dict)
-
-    def __call__(self, uid: int | None) -> str:
-        if uid is None:
-            return "?"
-        name = self.cache.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except KeyError:
-                name = str(uid)
-            self.cache[uid] = name
-        return name
-
-
 class PidTree:
     """The host's processes by identity, updated from proc connector events."""
 
@@ -245,7 +237,8 @@ class PidTree:
         read_cgroups: bool = False,
         reap_check_delay_s: float = 0.02,
         zombie_recheck_s: float = 1.0,
-        proc: str = PROC,
+        reader: ProcFS | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.lock = threading.RLock()
         self.max_nodes = max_nodes
@@ -254,14 +247,19 @@ class PidTree:
         self.read_cgroups = read_cgroups
         self.reap_check_delay_ns = int(reap_check_delay_s * 1e9)
         self.zombie_recheck_ns = int(zombie_recheck_s * 1e9)
-        self.proc = proc
+        self.reader = reader if reader is not None else ProcFS()
+        self.clock = clock if clock is not None else Clock()
+        # monotonic time of the event being applied (or of the housekeeping round):
+        # listeners stamp what they report with it
+        self.event_ns = self.clock.monotonic_ns()
         self.stats = TreeStats()
         self.listener = TreeListener()
-        self.user_name = _UserNames()
+        self.user_name = USER_NAMES
         # pid -> node whose pid the kernel still holds (running, exiting or zombie)
         self._live: dict[int, Node] = {}
-        # reaped nodes in reap order (dict as an ordered set)
-        self._tombstones: dict[Node, None] = {}
+        # reaped nodes in reap order. An OrderedDict, not a dict: evicting the oldest
+        # over and over makes next(iter(dict)) walk every deleted slot before it
+        self._tombstones: OrderedDict[Node, None] = OrderedDict()
         # exited nodes awaiting the check that tells reaped from zombie
         self._pending: deque[Node] = deque()
         self._zombies: dict[int, Node] = {}
@@ -270,8 +268,6 @@ class PidTree:
         self._by_ppid: dict[int, set[Node]] = {}
         # nodes the last reconcile found gone: their EXIT may still be queued
         self._vanished: dict[int, Node] = {}
-        self._offset_ns = boottime_offset_ns()
-        self._offset_at = time.monotonic()
         self._handlers = {
             nl.ForkEvent: self._on_fork,
             nl.ExecEvent: self._on_exec,
@@ -323,7 +319,7 @@ class PidTree:
             for node in self._live.values():
                 if node.cgroup is None and not node.exited:
                     try:
-                        node.cgroup = read_cgroup(node.pid, self.proc)
+                        node.cgroup = self.reader.cgroup(node.pid)
                     except (ProcessGone, AccessDenied):
                         pass
 
@@ -337,10 +333,10 @@ class PidTree:
         yield from self._live.values()
         yield from self._tombstones
 
-    def view(self, node: Node) -> NodeView:
+    def view(self, node: Node) -> ProcessView:
         """An immutable copy of ``node``."""
         parent = node.parent
-        return NodeView(
+        return ProcessView(
             pid=node.pid,
             start_ticks=node.start_ticks,
             ppid=node.ppid,
@@ -364,7 +360,7 @@ class PidTree:
             orphaned=(not node.exited and parent is not None and parent.exited),
         )
 
-    def snapshot(self) -> list[NodeView]:
+    def snapshot(self) -> list[ProcessView]:
         """Every node as an immutable view, taken under the lock."""
         with self.lock:
             return [self.view(n) for n in self.nodes()]
@@ -406,15 +402,11 @@ class PidTree:
         while pid > 0 and pid not in seen_pids:
             seen_pids.add(pid)
             try:
-                st = read_stat(pid, self.proc)
+                st = self.reader.stat(pid)
             except (ProcessGone, AccessDenied, ValueError):
                 parts.append(self._chain_part(pid, None, None))
                 break
-            try:
-                uid: int | None = read_status(pid, self.proc).uids[1]
-            except (ProcessGone, AccessDenied, ValueError):
-                uid = None
-            parts.append(self._chain_part(pid, st.comm, uid))
+            parts.append(self._chain_part(pid, st.comm, self.reader.uid(pid)))
             if pid == 1:
                 break
             pid = st.ppid
@@ -463,10 +455,11 @@ class PidTree:
         """Apply one connector event. Call with :attr:`lock` held."""
         handler = self._handlers.get(type(event))
         if handler is not None:
+            self.event_ns = event.ts_ns
             handler(event)
 
     def _ticks(self, ts_ns: int) -> int:
-        return monotonic_to_ticks(ts_ns, self._offset_ns)
+        return self.clock.ticks(ts_ns)
 
     def _is_stale(self, node: Node, ts_ns: int) -> bool:
         """The event predates the process now holding the pid: it names an older one."""
@@ -530,27 +523,28 @@ class PidTree:
         node = self._live.get(pid)
         if node is not None and self._is_stale(node, ev.ts_ns):
             return
-        proc = self.proc
+        reader = self.reader
+        first = node is None
+        prev = None if node is None else (node.comm, node.exe, node.cmdline)
         try:
             if node is None:
                 # first sight of this process: stat gives its parent and exact start
-                st = read_stat(pid, proc)
+                st = reader.stat(pid)
                 node = self._add_from_proc(pid, st.start_ticks, st.ppid, LINEAGE_LATE)
                 node.state = st.state
                 comm = st.comm
-                self.listener.spawned(node)
             else:
                 # a known process: comm is all stat would add (its start is known to
                 # within a tick, and exec keeps pid and start), at 2/3 of stat's cost
-                comm = read_bytes(pid, "comm", proc=proc).decode("utf-8", "replace").rstrip("\n")
+                comm = reader.comm(pid)
                 if node.exited and not node.reaped:
                     # a non-leader thread exec'd: the old leader's EXIT was not the process's
                     self._revive(node)
             node.comm = comm
-            node.cmdline = read_cmdline(pid, self.cmdline_max_chars, proc)
-            node.exe = read_exe(pid, proc)
+            node.cmdline = reader.cmdline(pid, self.cmdline_max_chars)
+            node.exe = reader.exe(pid)
             if self.read_cgroups:
-                node.cgroup = read_cgroup(pid, proc)
+                node.cgroup = reader.cgroup(pid)
         except ProcessGone:
             # gone before we could look: it keeps what fork told us
             self.stats.exec_unread += 1
@@ -565,7 +559,9 @@ class PidTree:
             self.stats.exec_unread += 1
             if node is None:
                 return
-        self.listener.changed(node)
+        if first:
+            self.listener.spawned(node)  # with what this EXEC let us read
+        self.listener.changed(node, prev)
 
     def _on_exit(self, ev: nl.ExitEvent) -> None:
         if ev.pid != ev.tgid:
@@ -610,9 +606,10 @@ class PidTree:
         if ev.pid != ev.tgid:
             return  # a thread's name is not the process's comm
         node = self._live.get(ev.pid)
-        if node is not None and not self._is_stale(node, ev.ts_ns):
+        if node is not None and not self._is_stale(node, ev.ts_ns) and node.comm != ev.comm:
+            prev = (node.comm, node.exe, node.cmdline)
             node.comm = ev.comm
-            self.listener.changed(node)
+            self.listener.changed(node, prev)
 
     def _on_uid(self, ev: nl.UidEvent) -> None:
         if ev.pid != ev.tgid:
@@ -635,18 +632,18 @@ class PidTree:
                 parent.children[node] = None
 
     def _set_ppid(self, node: Node, ppid: int) -> None:
-        if ppid == node.ppid:
+        prev = node.ppid
+        if ppid == prev:
             return
-        kids = self._by_ppid.get(node.ppid)
+        kids = self._by_ppid.get(prev)
         if kids is not None:
             kids.discard(node)
             if not kids:
-                del self._by_ppid[node.ppid]
+                del self._by_ppid[prev]
         node.ppid = ppid
         self._by_ppid.setdefault(ppid, set()).add(node)
         self.stats.reparented += 1
-        if not node.exited:
-            self.listener.reparented(node)
+        self.listener.reparented(node, prev)
 
     def _add_from_proc(self, pid: int, start: int, ppid: int, source: str,
                        info: ProcessInfo | None = None) -> Node:
@@ -721,7 +718,7 @@ class PidTree:
         self.stats.threads_live -= node.threads  # threads whose EXIT never came
         node.threads = 0
         if node.exit_ns is None:
-            node.exit_ns = time.monotonic_ns()
+            node.exit_ns = self.clock.monotonic_ns()
         self._tombstones[node] = None
         self.listener.reaped(node)
 
@@ -749,7 +746,8 @@ class PidTree:
         recheck zombies, evict tombstones. Call with :attr:`lock` held, often
         (the collector does so whenever it is idle and at least every 100 ms).
         """
-        now = time.monotonic_ns() if now_ns is None else now_ns
+        now = self.clock.monotonic_ns() if now_ns is None else now_ns
+        self.event_ns = now
         pending = self._pending
         cutoff = now - self.reap_check_delay_ns
         requeue: list[Node] = []
@@ -766,27 +764,20 @@ class PidTree:
                 self._check_exited(node, now)
         self._evict_tombstones(now)
         self.listener.tick(now)
-        if time.monotonic() - self._offset_at > 10:
-            self._offset_ns = boottime_offset_ns()  # moves only across suspend
-            self._offset_at = time.monotonic()
+        self.clock.refresh(now)  # the boot offset moves only across a suspend
 
     def _check_exited(self, node: Node, now: int) -> bool:
         """Look at an exited node in /proc; False if the kernel has not settled it yet."""
         settled = True
         st = None
-        if self.proc == PROC:
-            # nearly every exited process is already reaped: kill(pid, 0) says so at
-            # a quarter of the cost of failing to open its stat file
-            try:
-                os.kill(node.pid, 0)
-            except ProcessLookupError:
-                self._refresh_children(node)
-                self._bury(node)
-                return True
-            except PermissionError:
-                pass  # exists, owned by someone else
+        # nearly every exited process is already reaped: asking the kernel whether
+        # the pid exists costs a quarter of failing to open its stat file
+        if self.reader.exists(node.pid) is False:
+            self._refresh_children(node)
+            self._bury(node)
+            return True
         try:
-            st = read_stat(node.pid, self.proc)
+            st = self.reader.stat(node.pid)
         except (ProcessGone, ValueError):
             st = None
         except AccessDenied:
@@ -816,7 +807,7 @@ class PidTree:
         moved_all = True
         for child in list(kids):
             try:
-                st = read_stat(child.pid, self.proc)
+                st = self.reader.stat(child.pid)
             except (ProcessGone, AccessDenied, ValueError):
                 continue  # its own EXIT will settle it
             if not child.same_start(st.start_ticks):
@@ -849,39 +840,46 @@ class PidTree:
         lineage = current parent (marked by ``source``); known ones get their
         current parent, state and comm refreshed. Lineage already known is kept.
         """
-        now = time.monotonic_ns() if now_ns is None else now_ns
+        now = self.clock.monotonic_ns() if now_ns is None else now_ns
+        self.event_ns = now
         by_pid = {info.stat.pid: info for info in infos}
         self._vanished = {}
         vanished = reused = reparented = 0
+        gone: list[tuple[Node, bool]] = []  # (node, its pid now names another process)
+        zombies: list[Node] = []
+        # survivors first, so that when a parent's exit is concluded below, its
+        # children already have the parent the kernel gave them
         for pid, node in list(self._live.items()):
             info = by_pid.get(pid)
             if info is None or not node.same_start(info.stat.start_ticks):
-                if info is not None:
-                    reused += 1
-                if not node.exited:
-                    vanished += 1
-                if info is not None:
-                    self._retire(node)
-                else:
-                    self._vanish(node)
+                gone.append((node, info is not None))
                 continue
             st = info.stat
             if st.ppid != node.ppid:
                 reparented += 1
                 self._set_ppid(node, st.ppid)
-            node.start_ticks, node.start_exact = st.start_ticks, True
             node.state = st.state
             node.comm = st.comm
             node.threads = st.num_threads
             if st.state == "Z":
-                if not node.exited:
-                    self._infer_exit(node)
-                    node.exit_ns = now
-                if node.zombie_ns is None:
-                    node.zombie_ns = now
-                    self.stats.zombies_seen += 1
-                    self.listener.zombie(node)
-                self._zombies[pid] = node
+                zombies.append(node)
+        for node, reused_pid in gone:
+            reused += reused_pid
+            if not node.exited:
+                vanished += 1
+            if reused_pid:
+                self._retire(node)
+            else:
+                self._vanish(node)
+        for node in zombies:
+            if not node.exited:
+                self._infer_exit(node)
+                node.exit_ns = now
+            if node.zombie_ns is None:
+                node.zombie_ns = now
+                self.stats.zombies_seen += 1
+                self.listener.zombie(node)
+            self._zombies[node.pid] = node
         new = [info for pid, info in by_pid.items() if pid not in self._live]
         new.sort(key=lambda i: i.stat.start_ticks)  # parents before children
         added = [self._add_from_proc(i.stat.pid, i.stat.start_ticks, i.stat.ppid, source, i)
@@ -916,3 +914,56 @@ class PidTree:
         if not node.exited:
             self._infer_exit(node)
         self._bury(node)
+
+
+def forest(views: Iterable[ProcessView], root_pid: int | None = None) -> list[TreeNode]:
+    """Nest process views by lineage, oldest first at every level.
+
+    Processes whose lineage parent is not among ``views`` are top-level. With
+    ``root_pid``, only the unreaped process holding that pid and its descendants.
+    """
+    views = list(views)
+    by_id = {v.identity: v for v in views}
+    kids: dict[Identity, list[ProcessView]] = {}
+    tops: list[ProcessView] = []
+    for v in views:
+        key = Identity(v.lineage_ppid, v.lineage_start) if v.lineage_ppid is not None else None
+        if key is not None and key in by_id and key != v.identity:
+            kids.setdefault(key, []).append(v)
+        else:
+            tops.append(v)
+    if root_pid is not None:
+        tops = [v for v in views if v.pid == root_pid and not v.reaped]
+    seen: set[Identity] = set()
+    out = []
+    for top in sorted(tops, key=_age):
+        if top.identity in seen:
+            continue
+        seen.add(top.identity)
+        # iterative post-order: lineage chains can be deeper than Python's recursion
+        stack: list[tuple[ProcessView, list[ProcessView], list[TreeNode]]] = []
+        # children to visit, youngest first: pop() takes the oldest
+        todo = [c for c in sorted(kids.get(top.identity, ()), key=_age, reverse=True)
+                if c.identity not in seen]
+        seen.update(c.identity for c in todo)
+        stack.append((top, todo, []))
+        while True:
+            view, todo, done = stack[-1]
+            if todo:
+                child = todo.pop()
+                grand = [c for c in sorted(kids.get(child.identity, ()), key=_age, reverse=True)
+                         if c.identity not in seen]
+                seen.update(c.identity for c in grand)
+                stack.append((child, grand, []))
+                continue
+            stack.pop()
+            node = TreeNode(view, tuple(done))
+            if not stack:
+                out.append(node)
+                break
+            stack[-1][2].append(node)
+    return out
+
+
+def _age(v: ProcessView) -> tuple[int, int]:
+    return (v.start_ticks, v.pid)

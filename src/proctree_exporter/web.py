@@ -3,6 +3,13 @@
 The server that runs it is in httpserver.py. Basic auth comes from an
 exporter-toolkit style web config and applies to everything but the health
 checks (TLS is the server's part).
+
+The JSON API reads the roots' mirrors (:mod:`.mirror`), which follow the
+roots' change logs: a request never takes the tree lock or reads /proc, so
+however many clients ask, the collector is not held up. Each member's JSON is
+encoded once per change and kept in its mirror; a root's document is the join
+of those pieces (a single ``json.dumps`` of thousands of members would hold
+the GIL, and with it the collector, for tens of milliseconds).
 """
 
 from __future__ import annotations
@@ -10,16 +17,19 @@ from __future__ import annotations
 import html
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from . import __version__, ui
-from .reaper import HEALTHY, ORPHANED, ZOMBIE
-from .watch import MemberInfo, RootView, Watchers
+from .classification import HEALTHY, ORPHANED, ZOMBIE
+from .events import EventKind, RootEvent
+from .identity import Identity
+from .mirror import MemberInfo, Mirrors, RootMirror
+from .users import USER_NAMES
 from .web_config import WebConfig
 
 log = logging.getLogger(__name__)
@@ -28,17 +38,24 @@ StartResponse = Callable[..., Any]
 _PAGES = ("/", "/metrics", "/api/v1/roots", "/api/v1/tree", "/-/healthy", "/-/ready")
 _PAGES += ("/api/v1/ancestors",)  # the tree page's chain of ancestors
 _MAX_ANCESTORS = 256
+# A root's document (members, tree) is rebuilt at most this often while the root
+# changes; requests in between share the last one. Thousands of members take tens
+# of milliseconds to assemble, and clients that poll in a loop must not take the
+# CPU the collector needs (measured in bench/collector_blocking.py).
+REBUILD_INTERVAL_S = 0.5
 
 
 class App:
     """The exporter's WSGI application."""
 
     def __init__(self, registry: CollectorRegistry, web_config: WebConfig,
-                 watchers: Callable[[], Watchers | None], ready: Callable[[], bool]) -> None:
+                 mirrors: Callable[[], Mirrors | None], ready: Callable[[], bool]) -> None:
         self.metrics_app = make_wsgi_app(registry)
         self.web_config = web_config
-        self._watchers = watchers
+        self._mirrors = mirrors
         self._ready = ready
+        # (root, path) -> (mirror, its position, built at (monotonic), body)
+        self._bodies: dict[tuple[str, str], tuple[RootMirror, tuple[int, int], float, bytes]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
@@ -77,11 +94,11 @@ class App:
             return respond("200 OK", found[0], found[1], headers=[("Cache-Control", "no-cache")])
         if path == "/":
             return respond("200 OK", self._landing().encode(), "text/html; charset=utf-8")
-        watchers = self._watchers()
-        if watchers is None:
+        mirrors = self._mirrors()
+        if mirrors is None:
             return respond("503 Service Unavailable", b"not ready: seeding from /proc\n")
         try:
-            doc = self._api(path, environ.get("QUERY_STRING", ""), watchers)
+            body = self._api(path, environ.get("QUERY_STRING", ""), mirrors)
         except KeyError as exc:
             return respond("404 Not Found", _json({"error": f"no root {exc.args[0]!r}"}),
                            "application/json")
@@ -89,7 +106,7 @@ class App:
             return respond("404 Not Found", _json({"error": str(exc)}), "application/json")
         except ValueError as exc:
             return respond("400 Bad Request", _json({"error": str(exc)}), "application/json")
-        return respond("200 OK", _json(doc), "application/json")
+        return respond("200 OK", body, "application/json")
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse,
                  extra: list[tuple[str, str]]) -> Iterable[bytes]:
@@ -104,39 +121,53 @@ class App:
 
     # -- JSON API ----------------------------------------------------------------
 
-    def _api(self, path: str, query: str, watchers: Watchers) -> dict[str, Any]:
+    def _api(self, path: str, query: str, mirrors: Mirrors) -> bytes:
         if path == "/api/v1/roots":
-            return {"roots": [_root_doc(watchers.view(name)) for name in watchers.roots]}
+            docs = []
+            for name in mirrors.names():
+                try:
+                    mirror = mirrors.get(name)
+                except KeyError:  # removed by a reload meanwhile
+                    continue
+                docs.append(mirror.read(_root_doc))
+            return _json({"roots": docs})
         if path.startswith("/api/v1/roots/"):
-            name = path.removeprefix("/api/v1/roots/")
-            if name not in watchers.roots:
-                raise KeyError(name)
-            view = watchers.view(name, members=True)
-            doc = _root_doc(view)
-            doc["members"] = [_member(m) for m in view.members]
-            doc["recent"] = [{"event": kind, **_member(m)} for kind, m in view.recent]
-            doc["tombstones"] = [_member(m) for m in view.tombstones]
-            doc["events"] = [asdict(e) for e in view.events]
-            return doc
+            return self._document(mirrors.get(path.removeprefix("/api/v1/roots/")), "root",
+                                  _root_body)
         if path == "/api/v1/ancestors":
-            return self._ancestors(query, watchers)
+            return self._ancestors(query, mirrors)
         # /api/v1/tree?root=NAME
         params = parse_qs(query)
         names = params.get("root")
         if not names:
             raise ValueError("query parameter root is required: /api/v1/tree?root=NAME")
-        name = names[0]
-        if name not in watchers.roots:
-            raise KeyError(name)
-        view = watchers.view(name, members=True, recent=0)
-        # tombstones too: an exited wrapper keeps its orphans under it
-        return {"root": name, "up": view.up, "truncated": view.truncated,
-                "nodes": _nest((*view.members, *view.tombstones))}
+        return self._document(mirrors.get(names[0]), "tree", _tree_body)
 
-    def _ancestors(self, query: str, watchers: Watchers) -> dict[str, Any]:
+    def _document(self, mirror: RootMirror, what: str,
+                  build: Callable[[RootMirror], bytes]) -> bytes:
+        """``build(mirror)``, or the body built last for this root if the root has not
+        changed since, or changed less than ``REBUILD_INTERVAL_S`` ago."""
+        key = (mirror.name, what)
+
+        def cached(m: RootMirror) -> bytes:
+            now = time.monotonic()
+            at = (m.seq, m.relists)
+            hit = self._bodies.get(key)
+            if hit is not None and hit[0] is m and (hit[1] == at
+                                                    or now - hit[2] < REBUILD_INTERVAL_S):
+                return hit[3]
+            body = build(m)
+            self._bodies[key] = (m, at, now, body)
+            return body
+
+        return mirror.read(cached)
+
+    def _ancestors(self, query: str, mirrors: Mirrors) -> bytes:
         """``/api/v1/ancestors?root=NAME&pid=PID[&start_ticks=T]``: a live (or unreaped)
-        member's lineage ancestors, nearest first, up to PID 1; O(depth), at most
-        ``_MAX_ANCESTORS``. The tree page shows them above the root's own processes."""
+        member's lineage ancestors, nearest first, up to PID 1; at most
+        ``_MAX_ANCESTORS``. Inside the root they come from its members; above its
+        instance, from what the instance's join recorded. The tree page shows them
+        above the root's own processes."""
         params = parse_qs(query)
         name = (params.get("root") or [""])[0]
         pid_text = (params.get("pid") or [""])[0]
@@ -144,39 +175,44 @@ class App:
         if not name or not pid_text.isdigit() or not (start_text or "0").isdigit():
             raise ValueError("query parameters root and pid are required: "
                              "/api/v1/ancestors?root=NAME&pid=PID[&start_ticks=T]")
-        if name not in watchers.roots:
-            raise KeyError(name)
         pid = int(pid_text)
-        tree = watchers.tree
-        with tree.lock:
-            root = watchers.roots[name]
-            node = tree.get(pid)
-            if (node is None or (node not in root.members and node not in root.unreaped)
-                    or (start_text and not node.same_start(int(start_text)))):
+        mirror = mirrors.get(name)
+
+        def walk(m: RootMirror) -> dict[str, Any]:
+            member = next((x for x in (*m.members.values(), *m.zombies())
+                           if x.pid == pid and (not start_text or Identity(
+                               x.pid, x.start_ticks).matches(pid, int(start_text)))), None)
+            if member is None:
                 raise LookupError(f"pid {pid} is not a live member of root {name!r}")
-            found = []
-            for anc in tree.ancestors(node):
-                found.append({"pid": anc.pid, "start_ticks": anc.start_ticks, "comm": anc.comm,
-                              "user": tree.user_name(anc.uid), "exited": anc.exited,
-                              "in_root": anc in root.members or anc in root.unreaped})
-                if len(found) > _MAX_ANCESTORS:
-                    break
-        return {"root": name, "pid": pid, "ancestors": found[:_MAX_ANCESTORS],
-                "truncated": len(found) > _MAX_ANCESTORS}
+            inside = m.lineage_up(member.identity)
+            found = [{"pid": a.pid, "start_ticks": a.start_ticks, "comm": a.comm,
+                      "user": a.user, "exited": a.exited_at is not None, "in_root": True}
+                     for a in inside]
+            top = inside[-1] if inside else member
+            for a in m.ancestors.get(top.identity, ()):
+                found.append({"pid": a.pid, "start_ticks": a.start_ticks, "comm": a.comm,
+                              "user": USER_NAMES(a.uid), "exited": a.exited, "in_root": False})
+            return {"root": name, "pid": pid, "ancestors": found[:_MAX_ANCESTORS],
+                    "truncated": len(found) > _MAX_ANCESTORS}
+
+        return _json(mirror.read(walk))
 
     # -- landing page ----------------------------------------------------------------
 
     def _landing(self) -> str:
-        watchers = self._watchers()
+        mirrors = self._mirrors()
         rows = []
-        if watchers is not None:
-            for name in watchers.roots:
-                v = watchers.view(name)
+        if mirrors is not None:
+            for name in mirrors.names():
+                try:
+                    doc = mirrors.get(name).read(_root_doc)
+                except KeyError:
+                    continue
                 e = html.escape(name)
                 rows.append(
                     f"<tr><td><a href='/api/v1/roots/{e}'>{e}</a></td>"
-                    f"<td>{'up' if v.up else 'DOWN'}</td><td>{v.member_count}</td>"
-                    + "".join(f"<td>{v.classes.get(c, 0)}</td>" for c in
+                    f"<td>{'up' if doc['up'] else 'DOWN'}</td><td>{doc['members']}</td>"
+                    + "".join(f"<td>{doc['classes'].get(c, 0)}</td>" for c in
                               (HEALTHY, ORPHANED, ZOMBIE))
                     + f"<td><a href='/api/v1/tree?root={e}'>tree</a></td></tr>")
         table = ("<table><tr><th>root</th><th>state</th><th>members</th><th>healthy</th>"
@@ -190,37 +226,111 @@ def _json(doc: Any) -> bytes:
     return (json.dumps(doc, separators=(",", ":")) + "\n").encode()
 
 
-def _member(m: MemberInfo) -> dict[str, Any]:
-    doc = asdict(m)
+def member_doc(m: MemberInfo) -> dict[str, Any]:
+    """A member as the JSON API shows it."""
+    doc = m._asdict()
     doc["class"] = doc.pop("cls")
     if m.cmdline is None:
         del doc["cmdline"]  # only roots with capture_cmdline show command lines
     return doc
 
 
-def _root_doc(v: RootView) -> dict[str, Any]:
+def _encoded(mirror: RootMirror, m: MemberInfo) -> bytes:
+    """``m``'s JSON, encoded once per change of the member (kept in the mirror)."""
+    key = m.identity
+    cached = mirror.cache.get(key)
+    if cached is not None and cached[0] is m:
+        return cached[1]
+    data = json.dumps(member_doc(m), separators=(",", ":")).encode()
+    mirror.cache[key] = (m, data)
+    return data
+
+
+def _root_doc(m: RootMirror) -> dict[str, Any]:
+    spec = m.spec
+    assert spec is not None
+    count = len(m.members)
     return {
-        "name": v.name, "select": v.select, "match": v.match, "up": v.up,
+        "name": m.name, "select": spec.select, "match": spec.match, "up": m.up,
         "instances": [{"pid": i.pid, "start_ticks": i.start_ticks, "comm": i.comm,
-                       "started_at": i.started_at} for i in v.instances],
-        "members": v.member_count, "classes": dict(v.classes),
-        "spawned_total": v.spawned_total, "exited_total": v.exited_total,
-        "restarts_total": v.restarts_total, "truncated": v.truncated,
-        "warnings": list(v.warnings),
+                       "started_at": i.started_at} for i in m.instances.values()],
+        "members": count, "classes": m.class_counts(),
+        "spawned_total": m.spawned_total, "exited_total": m.exited_total,
+        "restarts_total": m.restarts_total, "truncated": count > spec.max_members,
+        "warnings": list(m.source.warnings(m.name)) if not m.up else [],
     }
 
 
-def _nest(members: Iterable[MemberInfo]) -> list[dict[str, Any]]:
-    """Members nested by lineage; those whose lineage parent is not listed are top-level.
+def event_doc(ev: RootEvent) -> dict[str, Any]:
+    """An event as the JSON API shows it: its fields (see :mod:`.events`), and for
+    class changes, restarts and actions the ``old`` and ``new`` of the first API."""
+    doc = ev.to_dict()
+    if ev.kind is EventKind.CLASS:
+        doc["old"], doc["new"] = ev.old_class, ev.new_class
+    elif ev.kind is EventKind.ACTION:
+        doc["new"] = ev.outcome
+    elif ev.kind is EventKind.RESTART:
+        doc["old"], doc["new"] = "exited", "restarted"
+    return doc
 
-    Where a pid appears twice (a tombstone and the process that reused its pid),
-    the first listed (live) wins.
-    """
-    docs: dict[int, dict[str, Any]] = {}
-    for m in members:
-        docs.setdefault(m.pid, {**_member(m), "children": []})
-    tops = []
-    for doc in docs.values():
-        parent = docs.get(doc["lineage_ppid"]) if doc["lineage_ppid"] != doc["pid"] else None
-        (parent["children"] if parent is not None else tops).append(doc)
-    return tops
+
+def _root_body(m: RootMirror) -> bytes:
+    """``/api/v1/roots/{name}``: the root, its members (capped by ``max_members``),
+    recent membership changes, tombstones and events."""
+    doc = _root_doc(m)
+    del doc["members"]
+    head = json.dumps(doc, separators=(",", ":"))[:-1].encode()
+    members = b",".join(_encoded(m, x) for x in m.listing())
+    tombs = b",".join(_encoded(m, x) for x in m.tombstones())
+    recent = json.dumps([{"event": kind, **member_doc(x)} for kind, x in m.recent],
+                        separators=(",", ":")).encode()
+    events = json.dumps([event_doc(e) for e in m.events], separators=(",", ":")).encode()
+    return b"".join((head, b',"members":[', members, b'],"recent":', recent,
+                     b',"tombstones":[', tombs, b'],"events":', events, b"}\n"))
+
+
+def _tree_body(m: RootMirror) -> bytes:
+    """``/api/v1/tree?root=NAME``: members and tombstones nested by lineage, so an
+    exited wrapper still holds its orphans. Where a pid appears twice (a tombstone
+    and the process that reused its pid), the first listed (live) wins."""
+    spec = m.spec
+    assert spec is not None
+    listed = [*m.listing(), *m.tombstones()]
+    by_pid: dict[int, MemberInfo] = {}
+    for x in listed:
+        by_pid.setdefault(x.pid, x)
+    kids: dict[int, list[MemberInfo]] = {}
+    tops: list[MemberInfo] = []
+    for x in by_pid.values():
+        parent = x.lineage_ppid
+        if parent is not None and parent != x.pid and parent in by_pid:
+            kids.setdefault(parent, []).append(x)
+        else:
+            tops.append(x)
+    # each node is its encoded member with its children spliced in before the brace,
+    # built bottom-up without recursion (lineage can be deeper than Python's stack)
+    parts: list[bytes] = []
+    stack: list[tuple[MemberInfo, bool]] = [(x, False) for x in reversed(tops)]
+    first = [True]  # per open list: whether the next item is its first
+    seen: set[int] = set()
+    while stack:
+        x, closing = stack.pop()
+        if closing:
+            parts.append(b"]}")
+            first.pop()
+            continue
+        if x.pid in seen:
+            continue
+        seen.add(x.pid)
+        if not first[-1]:
+            parts.append(b",")
+        first[-1] = False
+        parts.append(_encoded(m, x)[:-1])
+        parts.append(b',"children":[')
+        first.append(True)
+        stack.append((x, True))
+        stack.extend((c, False) for c in reversed(kids.get(x.pid, ())))
+    head = json.dumps({"root": m.name, "up": m.up,
+                       "truncated": len(m.members) > spec.max_members},
+                      separators=(",", ":"))[:-1].encode()
+    return b"".join((head, b',"nodes":[', *parts, b"]}\n"))

@@ -14,9 +14,11 @@ The model (README, "OpenTelemetry"):
   interval since the previous checkpoint, with the process's current
   attributes and copies of the events of that interval.
 
-Data comes from the root watchers only: one :class:`~..watch.Watcher` per
-root, observed every ``poll_interval_seconds``; an observation costs
-O(changes), so does this module per poll (plus O(due checkpoints)).
+Data comes from the roots' typed events only: one cursor per root over its
+change log, created before the daemon reports ready, read every
+``poll_interval_seconds``; a round costs O(events since the previous one), plus
+O(due checkpoints). Nothing here reads the tree, its lock or /proc: what a
+span needs (names, classes, parents) is what the events said.
 
 Bounds: a token bucket per root on new spans, ``max_open_spans`` for open
 spans (and as many stand-ins: processes without a span, kept so that their
@@ -28,8 +30,6 @@ drop is counted.
 from __future__ import annotations
 
 import logging
-import re
-import signal
 import threading
 import time
 from collections import OrderedDict
@@ -44,8 +44,11 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, Status, StatusCode
 
-from ..procfs import ProcReadError, read_stat
-from ..reaper import EXITED, ORPHANED, PID_REUSED, ZOMBIE, RootEvent
+from ..changelog import ChangeLog, EventSource, Relist
+from ..classification import EXITED, HEALTHY, ORPHANED, PID_REUSED, ZOMBIE, signal_name
+from ..events import EventKind, RootEvent
+from ..identity import Identity, same_start
+from ..users import USER_NAMES
 from .otlp import SPAN_EVENTS, SPANS, Counts, Pipeline
 
 if TYPE_CHECKING:
@@ -57,7 +60,6 @@ if TYPE_CHECKING:
 
     from ..config import OtelConfig
     from ..snapshot import OtelStats, Snapshot
-    from ..watch import MemberInfo, Observation, RootState, Watcher, Watchers
 
 log = logging.getLogger("proctree_exporter.otel")
 
@@ -76,9 +78,7 @@ EVENT_NAMES = (EV_START, EV_EXEC, EV_ORPHANED, EV_ZOMBIE, EV_ZOMBIE_REAPED, EV_P
                EV_ACTION, EV_EXIT, EV_CLASS, EV_RESTART)
 
 CHECKPOINT = "checkpoint"  # proctree.span.kind of checkpoint spans
-_SIGNAL_RE = re.compile(r"\bSIG[A-Z0-9]+")
 
-Identity = tuple[int, int]
 
 
 def _ns(t: float) -> int:
@@ -89,18 +89,6 @@ def iso8601(t: float) -> str:
     """Wall-clock seconds as ISO 8601 in UTC, as the process conventions want."""
     return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
-
-
-def _same(a: int, b: int) -> bool:
-    # start ticks derived from a FORK's timestamp are exact to within one tick
-    return abs(a - b) <= 1
-
-
-def _signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return str(sig)
 
 
 def _exe_name(exe: str | None, comm: str | None) -> str:
@@ -142,6 +130,8 @@ class _Proc:
     comm: str | None
     exe: str | None
     cmdline: str | None
+    started_at: float = 0.0
+    cls: str = HEALTHY
     mark: float = 0.0  # start of the current checkpoint interval (wall clock)
     checkpoints: int = 0
     recent: list[tuple[str, dict[str, Any], int]] = field(default_factory=list)
@@ -155,22 +145,24 @@ class _Ended:
     ctx: SpanContext | None  # a stand-in's is its ancestor's
     own: bool  # ctx is this process's own span
     exited_at: float
-    ppid: int  # its parent when it exited (the one that has to reap it)
 
 
 class _RootTrace:
-    """Per-root state: its watcher, its open spans, recently ended ones, its rate limit."""
+    """Per-root state: its cursor, its open spans, recently ended ones, its rate limit."""
 
-    def __init__(self, name: str, state: RootState, watcher: Watcher, bucket: TokenBucket,
+    def __init__(self, name: str, log: ChangeLog, relist: Relist, bucket: TokenBucket,
                  max_ended: int) -> None:
         self.name = name
-        self.state = state
-        self.watcher = watcher
+        self.log = log
+        self.seq = relist.seq  # the cursor: events after it are read by the next round
+        self.pending: Relist | None = relist  # applied by the first round
+        self.spec = relist.spec
+        self.spawned = relist.spawned_total  # joins accounted for (spans, drops)
         self.bucket = bucket
-        self.capture = state.spec.capture_cmdline
-        self.cmdline_max = state.spec.cmdline_max_chars
-        self.first = True
-        self.open: dict[Identity, _Proc] = {}  # spans, ordered by mark (checkpoint order)
+        self.capture = relist.spec.capture_cmdline
+        # spans, ordered by mark (checkpoint order); an OrderedDict so that moving the
+        # oldest to the end again and again stays O(1)
+        self.open: OrderedDict[Identity, _Proc] = OrderedDict()
         self.standins: dict[Identity, _Proc] = {}
         self.by_pid: dict[int, _Proc] = {}  # live members tracked here, by pid
         self.instances: dict[int, _Proc] = {}  # trace id -> its open instance span
@@ -178,22 +170,28 @@ class _RootTrace:
         self.max_ended = max_ended
         # zombie identity -> (its parent's identity, its exit time), until reaped
         self.zombies: OrderedDict[Identity, tuple[Identity, float]] = OrderedDict()
+        self.exited_at: OrderedDict[Identity, float] = OrderedDict()  # for zombie seconds
+
+    def listed(self, depth: int | None) -> bool:
+        return bool(depth) or self.spec.include_root
 
     def live(self, pid: int, start: int) -> _Proc | None:
         p = self.by_pid.get(pid)
-        if p is not None and _same(p.identity[1], start):
+        if p is not None and same_start(p.identity[1], start):
             return p
         # by_pid names the newest holder of a pid: an older one that exited in the
-        # same window (a reuse within one look) is still found by identity
-        for s in (start, start - 1, start + 1):
-            p = self.open.get((pid, s)) or self.standins.get((pid, s))
-            if p is not None:
-                return p
+        # same round (a reuse within one look) is still found by identity
+        p = self.open.get((pid, start)) or self.standins.get((pid, start))
+        if p is not None:
+            return p
+        for q in (*self.open.values(), *self.standins.values()):
+            if q.identity[0] == pid and same_start(q.identity[1], start):
+                return q
         return None
 
     def gone(self, pid: int, start: int) -> _Ended | None:
         e = self.ended.get(pid)
-        return e if e is not None and _same(e.start_ticks, start) else None
+        return e if e is not None and same_start(e.start_ticks, start) else None
 
     def remember(self, pid: int, ended: _Ended) -> None:
         self.ended[pid] = ended
@@ -203,13 +201,17 @@ class _RootTrace:
 
 
 class ProcessTracer:
-    """Turns root observations into spans, span events and log records. No thread:
-    :meth:`poll` does one round; :class:`OtelExporter` calls it periodically."""
+    """Turns roots' events into spans, span events and log records. No thread:
+    :meth:`poll` does one round; :class:`OtelExporter` calls it periodically.
 
-    def __init__(self, watchers: Watchers, cfg: OtelConfig, tracer: Tracer,
+    The cursors are placed when the tracer is made (and when a root appears),
+    so everything after that is traced, however long until the first round.
+    """
+
+    def __init__(self, source: EventSource, cfg: OtelConfig, tracer: Tracer,
                  logger: Logger | None, counts: Counts,
                  clock: Callable[[], float] = time.time) -> None:
-        self.watchers = watchers
+        self.source = source
         self.cfg = cfg
         self.tracer = tracer
         self.logger = logger
@@ -220,33 +222,56 @@ class ProcessTracer:
         self.n_open = 0
         self.n_standins = 0
         self._lock = threading.Lock()
+        with self._lock:
+            self._follow_roots()
 
     # -- the round ---------------------------------------------------------------------
 
-    def poll(self) -> None:
-        """Observe every exported root once and emit what changed; run due checkpoints."""
-        with self._lock:
-            tree = self.watchers.tree
-            with tree.lock:  # a reload replaces entries of this dict
-                states = dict(self.watchers.roots)
-            wanted = set(self.cfg.roots) or set(states)
-            for name in list(self.roots):
-                rt = self.roots[name]
-                if name not in wanted or states.get(name) is not rt.state:
-                    self._close_root(rt, "root_removed")
-            for name, state in states.items():
-                if name in wanted and name not in self.roots:
-                    self.roots[name] = _RootTrace(
-                        name, state, self.watchers.watcher(name),
-                        TokenBucket(self.cfg.max_spans_per_second, self.cfg.burst),
-                        self.cfg.max_open_spans)
-            for rt in list(self.roots.values()):
+    def _follow_roots(self) -> None:
+        """Place a cursor on every exported root that has none; close the traces of
+        roots that are gone (or were replaced by a reload)."""
+        names = set(self.source.root_names())
+        wanted = (set(self.cfg.roots) & names) if self.cfg.roots else names
+        for name in list(self.roots):
+            rt = self.roots[name]
+            try:
+                same = self.source.log(name) is rt.log
+            except KeyError:
+                same = False
+            if name not in wanted or not same:
+                self._close_root(rt, "root_removed")
+        for name in wanted:
+            if name not in self.roots:
                 try:
-                    obs = rt.watcher.observe(members=False)
-                except KeyError:  # removed by a reload since we looked
-                    self._close_root(rt, "root_removed")
+                    relist = self.source.relist(name)
+                    log_ = self.source.log(name)
+                except KeyError:
                     continue
-                self._apply(rt, obs)
+                self.roots[name] = _RootTrace(
+                    name, log_, relist, TokenBucket(self.cfg.max_spans_per_second,
+                                                    self.cfg.burst),
+                    self.cfg.max_open_spans)
+
+    def poll(self) -> None:
+        """Read every exported root's new events and emit them; run due checkpoints."""
+        with self._lock:
+            self._follow_roots()
+            for rt in list(self.roots.values()):
+                if rt.pending is not None:
+                    relist, rt.pending = rt.pending, None
+                    self._load(rt, relist, first=True)
+                while True:
+                    events, lost = rt.log.since(rt.seq, limit=4096)
+                    if lost:
+                        self._resync(rt)
+                        continue
+                    if not events:
+                        break
+                    rt.seq = events[-1].seq
+                    for ev in events:
+                        self._apply(rt, ev)
+                    if rt.name not in self.roots:
+                        break  # removed
             if self.cfg.checkpoint_interval_seconds > 0:
                 self._checkpoints(self.clock())
             self.counts.open_spans = self.n_open
@@ -270,76 +295,112 @@ class ProcessTracer:
         self.n_standins -= len(rt.standins)
         self.roots.pop(rt.name, None)
 
-    def _apply(self, rt: _RootTrace, obs: Observation) -> None:
-        first, rt.first = rt.first, False
-        delta = obs.delta
-        if not first:
-            # joined since the previous look but listed nowhere: the change log wrapped,
-            # or more than max_members joined
-            self.counts.drop(SPANS, "unobserved",
-                             obs.spawned - len(delta.added) - len(delta.transient))
-        # births first, parents before children (depth grows by one per generation)
-        births = sorted((*delta.added, *delta.transient), key=lambda i: (i.depth, i.started_at))
-        for info in births:
-            self._begin(rt, info, preexisting=first)
-        # then exits and events in time order, so that a span carries its events
-        # before it ends and the order of events is the order things happened
-        timeline: list[tuple[float, int, MemberInfo | RootEvent]] = []
-        for info in (*delta.transient, *delta.removed):
-            timeline.append((info.exited_at or obs.ts, 1, info))
-        for ev in obs.events:
-            timeline.append((ev.ts, 0, ev))
-        timeline.sort(key=lambda t: (t[0], t[1]))
-        for _, kind, item in timeline:
-            if kind == 1:
-                self._finish(rt, item)  # type: ignore[arg-type]
-            else:
-                self._on_event(rt, item)  # type: ignore[arg-type]
+    def _load(self, rt: _RootTrace, relist: Relist, *, first: bool) -> int:
+        """Begin spans for the relist's live members not tracked yet; return how many.
+        On the first round they were there before us (``preexisting``)."""
+        gone = {ev.identity for ev in relist.events if ev.kind is EventKind.EXITED}
+        classes = {ev.identity: ev.new_class for ev in relist.events
+                   if ev.kind is EventKind.CLASS and ev.new_class is not None}
+        begun = 0
+        for ev in relist.events:
+            if ev.kind is not EventKind.JOINED or ev.identity in gone:
+                continue
+            if rt.live(ev.pid, ev.start_ticks) is not None or not rt.listed(ev.depth):
+                continue
+            self._begin(rt, ev, preexisting=True, late=not first)
+            begun += 1
+            p = rt.live(ev.pid, ev.start_ticks)
+            if p is not None and ev.identity in classes:
+                p.cls = classes[ev.identity]
+        return begun
+
+    def _resync(self, rt: _RootTrace) -> None:
+        """The root's log moved on past our cursor: end the spans of processes that
+        are gone, begin those we never saw join, count the ones that came and went."""
+        try:
+            relist = self.source.relist(rt.name)
+        except KeyError:
+            self._close_root(rt, "root_removed")
+            return
+        alive = {ev.identity for ev in relist.events if ev.kind is EventKind.JOINED} - {
+            ev.identity for ev in relist.events if ev.kind is EventKind.EXITED}
+        now = self.clock()
+        for p in [*rt.open.values(), *rt.standins.values()]:
+            if p.identity not in alive:
+                self._finish(rt, p.identity, now, None, None, unobserved=True)
+        begun = self._load(rt, relist, first=False)
+        self.counts.drop(SPANS, "unobserved", max(relist.spawned_total - rt.spawned - begun, 0))
+        rt.spawned = relist.spawned_total
+        rt.seq = relist.seq
+
+    def _apply(self, rt: _RootTrace, ev: RootEvent) -> None:
+        kind = ev.kind
+        if kind is EventKind.JOINED:
+            if rt.listed(ev.depth):
+                rt.spawned += 1
+                self._begin(rt, ev, preexisting=False)
+        elif kind is EventKind.EXITED:
+            rt.exited_at[ev.identity] = ev.ts
+            while len(rt.exited_at) > self.cfg.max_open_spans:
+                rt.exited_at.popitem(last=False)
+            self._finish(rt, ev.identity, ev.ts, ev.exit_code, ev.exit_signal, reason=ev.reason)
+        elif kind is EventKind.EXEC:
+            p = rt.live(ev.pid, ev.start_ticks)
+            if p is not None:
+                self._exec(rt, p, ev.comm, ev.exe, ev.cmdline, ev.ts, "exec", ev.prev_comm,
+                           ev.prev_exe)
+        elif kind in (EventKind.CLASS, EventKind.ACTION, EventKind.RESTART):
+            self._on_event(rt, ev)
+        elif kind is EventKind.ROOT_REMOVED:
+            self._close_root(rt, "root_removed")
 
     # -- spans ---------------------------------------------------------------------------
 
-    def _parent(self, rt: _RootTrace, info: MemberInfo) -> tuple[SpanContext | None,
-                                                                  _Proc | None, bool]:
+    def _parent(self, rt: _RootTrace, ev: RootEvent) -> tuple[SpanContext | None,
+                                                               _Proc | None, bool]:
         """(parent span context, the parent if tracked live, whether the parent is known)."""
-        if info.depth == 0:
+        if ev.depth == 0:
             return None, None, True  # an instance starts a trace
-        ppid = info.lineage_ppid if info.lineage_ppid is not None else info.ppid
-        p = rt.by_pid.get(ppid)
-        if p is not None and p.identity[1] <= info.start_ticks + 1:
+        ppid = ev.lineage_ppid if ev.lineage_ppid is not None else ev.ppid
+        p = rt.by_pid.get(ppid) if ppid is not None else None
+        if p is not None and p.identity[1] <= ev.start_ticks + 1:
             return p.ctx, p, p.ctx is not None
-        e = rt.ended.get(ppid)
-        if e is not None and e.start_ticks <= info.start_ticks + 1:
+        e = rt.ended.get(ppid) if ppid is not None else None
+        if e is not None and e.start_ticks <= ev.start_ticks + 1:
             return e.ctx, None, e.ctx is not None
         return None, None, False
 
-    def _attributes(self, rt: _RootTrace, info: MemberInfo) -> dict[str, Any]:
-        ppid = info.lineage_ppid if info.lineage_ppid is not None else info.ppid
+    def _attributes(self, rt: _RootTrace, ev: RootEvent) -> dict[str, Any]:
+        ppid = ev.lineage_ppid if ev.lineage_ppid is not None else ev.ppid
+        started = ev.started_at or ev.ts
         attrs: dict[str, Any] = {
-            "process.pid": info.pid,
-            "process.parent_pid": ppid,
-            "process.executable.name": _exe_name(info.exe, info.comm),
-            "process.command": (info.cmdline.split(" ", 1)[0] if rt.capture and info.cmdline
-                                else info.comm or "?"),
-            "process.owner": info.user,
-            "process.creation.time": iso8601(info.started_at),
+            "process.pid": ev.pid,
+            "process.parent_pid": ppid if ppid is not None else 0,
+            "process.executable.name": _exe_name(ev.exe, ev.comm),
+            "process.command": (ev.cmdline.split(" ", 1)[0] if rt.capture and ev.cmdline
+                                else ev.comm or "?"),
+            "process.owner": USER_NAMES(ev.uid),
+            "process.creation.time": iso8601(started),
             "proctree.root": rt.name,
-            "proctree.process.start_ticks": info.start_ticks,
-            "proctree.process.depth": info.depth,
+            "proctree.process.start_ticks": ev.start_ticks,
+            "proctree.process.depth": ev.depth or 0,
         }
-        if info.comm:
-            attrs["proctree.process.comm"] = info.comm
-        if info.exe:
-            attrs["process.executable.path"] = info.exe
-        if rt.capture and info.cmdline:
-            attrs["process.command_line"] = info.cmdline
-        if not getattr(info, "lineage_known", True):
+        if ev.comm:
+            attrs["proctree.process.comm"] = ev.comm
+        if ev.exe:
+            attrs["process.executable.path"] = ev.exe
+        if rt.capture and ev.cmdline:
+            attrs["process.command_line"] = ev.cmdline
+        if ev.lineage_known is False:
             attrs["proctree.lineage.known"] = False
         return attrs
 
-    def _begin(self, rt: _RootTrace, info: MemberInfo, *, preexisting: bool) -> None:
-        pid, start = info.identity
-        transient = info.exited_at is not None
-        parent_ctx, parent, known = self._parent(rt, info)
+    def _begin(self, rt: _RootTrace, ev: RootEvent, *, preexisting: bool,
+               late: bool = False) -> None:
+        pid, start = ev.pid, ev.start_ticks
+        ident = Identity(pid, start)
+        started = ev.started_at or ev.ts
+        parent_ctx, parent, known = self._parent(rt, ev)
         reason = None
         if not preexisting and not rt.bucket.take():
             reason = "rate_limit"  # processes already there at the first look are no storm
@@ -347,45 +408,37 @@ class ProcessTracer:
             reason = "capacity"
         if reason is not None:
             self.counts.drop(SPANS, reason)
-            if transient:
-                rt.remember(pid, _Ended(start, parent_ctx, False, info.exited_at or 0.0,
-                                        info.ppid))
-            elif self.n_standins < self.cfg.max_open_spans:
-                p = _Proc(info.identity, None, parent_ctx, info.lineage_ppid, info.depth,
-                          info.comm, info.exe, info.cmdline)
-                rt.standins[info.identity] = p
+            if self.n_standins < self.cfg.max_open_spans:
+                p = _Proc(ident, None, parent_ctx, ev.lineage_ppid, ev.depth or 0, ev.comm,
+                          ev.exe, ev.cmdline, started)
+                rt.standins[ident] = p
                 rt.by_pid[pid] = p
                 self.n_standins += 1
             return
-        attrs = self._attributes(rt, info)
-        if preexisting:
+        attrs = self._attributes(rt, ev)
+        if preexisting and not late:
             attrs["proctree.process.preexisting"] = True
         if not known:
             attrs["proctree.parent.unknown"] = True
         ctx = (trace.set_span_in_context(NonRecordingSpan(parent_ctx)) if parent_ctx is not None
                else Context())  # an empty context: a new trace
-        span = self.tracer.start_span(info.comm or "process", context=ctx,
-                                      start_time=_ns(info.started_at), attributes=attrs)
-        p = _Proc(info.identity, span, span.get_span_context(), info.lineage_ppid, info.depth,
-                  info.comm, info.exe, info.cmdline, mark=self.clock())
-        rt.open[info.identity] = p
+        span = self.tracer.start_span(ev.comm or "process", context=ctx,
+                                      start_time=_ns(started), attributes=attrs)
+        p = _Proc(ident, span, span.get_span_context(), ev.lineage_ppid, ev.depth or 0,
+                  ev.comm, ev.exe, ev.cmdline if rt.capture else None, started,
+                  mark=self.clock())
+        rt.open[ident] = p
         rt.by_pid[pid] = p
         self.n_open += 1
-        if info.depth == 0 and p.ctx is not None:
+        if ev.depth == 0 and p.ctx is not None:
             rt.instances[p.ctx.trace_id] = p
-        self._log(rt, p, p.ctx, EV_START, info.started_at, {}, SeverityNumber.INFO,
-                  f"process {pid} ({info.comm}) started")
-        if parent is not None and parent.span is not None and self._execd(rt, parent, info):
-            # the usual fork-then-exec happened before we looked: it belongs to the start
-            self._exec_event(rt, p, info.started_at, "start", parent.comm, parent.exe)
-
-    def _execd(self, rt: _RootTrace, before: _Proc, info: MemberInfo | _Proc) -> bool:
-        if info.comm != before.comm:
-            return True
-        if info.exe and before.exe and info.exe != before.exe:
-            return True
-        return bool(rt.capture and info.cmdline and before.cmdline
-                    and info.cmdline != before.cmdline)
+        self._log(rt, p, p.ctx, EV_START, started, {}, SeverityNumber.INFO,
+                  f"process {pid} ({ev.comm}) started")
+        if preexisting and parent is not None and parent.span is not None and (
+                parent.comm != ev.comm or (ev.exe and parent.exe and parent.exe != ev.exe)):
+            # running something else than its parent when first seen: the usual
+            # fork-then-exec happened before we looked; it belongs to the start
+            self._exec_event(rt, p, started, "start", parent.comm, parent.exe)
 
     def _exec_event(self, rt: _RootTrace, p: _Proc, ts: float, seen: str,
                     old_comm: str | None, old_exe: str | None) -> None:
@@ -400,13 +453,10 @@ class ProcessTracer:
                     f"process {p.identity[0]} ({old_comm}) now runs "
                     f"{p.exe or p.comm}")
 
-    def _refresh(self, rt: _RootTrace, p: _Proc, comm: str | None, exe: str | None,
-                 cmdline: str | None, ts: float, seen: str) -> None:
-        """Emit an exec event if ``p`` runs something else now, and update its span."""
-        now = _Proc(p.identity, None, None, None, 0, comm, exe, cmdline)
-        if not self._execd(rt, p, now):
-            return
-        old_comm, old_exe = p.comm, p.exe
+    def _exec(self, rt: _RootTrace, p: _Proc, comm: str | None, exe: str | None,
+              cmdline: str | None, ts: float, seen: str, old_comm: str | None,
+              old_exe: str | None) -> None:
+        """``p`` runs something else now: an exec event, and its span renamed."""
         p.comm, p.exe = comm, exe or p.exe
         if rt.capture:
             p.cmdline = cmdline
@@ -424,10 +474,11 @@ class ProcessTracer:
             attrs["process.command"] = p.cmdline.split(" ", 1)[0]
         p.span.set_attributes(attrs)
 
-    def _finish(self, rt: _RootTrace, info: MemberInfo) -> None:
-        pid, start = info.identity
+    def _finish(self, rt: _RootTrace, ident: Identity, ended_at: float,
+                exit_code: int | None, exit_signal: int | None, *, reason: str = "",
+                unobserved: bool = False) -> None:
+        pid, start = ident
         p = rt.live(pid, start)
-        ended_at = info.exited_at or self.clock()
         if p is None:
             return  # never tracked (its span drop is counted where it happened)
         if rt.by_pid.get(pid) is p:
@@ -435,32 +486,34 @@ class ProcessTracer:
         if p.span is None:
             del rt.standins[p.identity]
             self.n_standins -= 1
-            rt.remember(pid, _Ended(start, p.ctx, False, ended_at, info.ppid))
+            rt.remember(pid, _Ended(start, p.ctx, False, ended_at))
             return
-        self._refresh(rt, p, info.comm, info.exe, info.cmdline, ended_at, "exit")
         attrs: dict[str, Any] = {"process.exit.time": iso8601(ended_at)}
         failed = False
-        if info.exit_signal is not None:
-            attrs["proctree.exit.signal"] = info.exit_signal
-            attrs["proctree.exit.signal_name"] = _signal_name(info.exit_signal)
+        if exit_signal is not None:
+            attrs["proctree.exit.signal"] = exit_signal
+            attrs["proctree.exit.signal_name"] = signal_name(exit_signal)
             failed = True
-        elif info.exit_code is not None:
-            attrs["process.exit.code"] = info.exit_code
-            failed = info.exit_code != 0
+        elif exit_code is not None:
+            attrs["process.exit.code"] = exit_code
+            failed = exit_code != 0
         else:
             attrs["proctree.exit.unobserved"] = True  # lost events: found gone
-        self._event(rt, p, p.ctx, EV_EXIT, ended_at, {**attrs, "proctree.reason": info.reason},
-                    SeverityNumber.WARN if failed else SeverityNumber.INFO, info.reason)
+        if not reason:
+            reason = f"process {pid} ({p.comm}) is gone; its exit was not observed" + (
+                " (the exporter fell behind)" if unobserved else "")
+        self._event(rt, p, p.ctx, EV_EXIT, ended_at, {**attrs, "proctree.reason": reason},
+                    SeverityNumber.WARN if failed else SeverityNumber.INFO, reason)
         span = p.span
         span.set_attributes(attrs)
         if failed:
-            span.set_status(Status(StatusCode.ERROR, info.reason))
-        self._end_span(span, max(ended_at, info.started_at))
+            span.set_status(Status(StatusCode.ERROR, reason))
+        self._end_span(span, max(ended_at, p.started_at))
         del rt.open[p.identity]
         self.n_open -= 1
         if p.ctx is not None and rt.instances.get(p.ctx.trace_id) is p:
             del rt.instances[p.ctx.trace_id]
-        rt.remember(pid, _Ended(start, p.ctx, True, ended_at, info.ppid))
+        rt.remember(pid, _Ended(start, p.ctx, True, ended_at))
 
     def _end_span(self, span: Span, at: float) -> None:
         span.end(end_time=_ns(at))
@@ -502,28 +555,6 @@ class ProcessTracer:
         whose own span has ended go there)."""
         return rt.instances.get(ctx.trace_id) if ctx is not None else None
 
-    def _node_now(self, pid: int, start: int) -> int | None:
-        """The current parent of a process the tree still holds."""
-        tree = self.watchers.tree
-        with tree.lock:
-            node = tree.get(pid)
-            if node is None or not _same(node.start_ticks, start):
-                return None
-            return node.ppid
-
-    def _new_parent(self, pid: int, start: int, dead: int | None) -> int | None:
-        """The parent an orphan was given. The tree re-reads it about 20 ms after the
-        parent's exit; the kernel has reparented it microseconds after, so when the
-        tree still names the dead parent, /proc knows better (one read per orphan)."""
-        ppid = self._node_now(pid, start)
-        if ppid is None or ppid != dead:
-            return ppid
-        try:
-            st = read_stat(pid, self.watchers.tree.proc)
-        except (ProcReadError, ValueError):
-            return None
-        return st.ppid if _same(st.start_ticks, start) and st.ppid != dead else None
-
     def _on_event(self, rt: _RootTrace, ev: RootEvent) -> None:
         pid, start = ev.pid, ev.start_ticks
         p = rt.live(pid, start)
@@ -532,63 +563,67 @@ class ProcessTracer:
             ended.ctx if ended is not None and ended.own else None)
         if (p is not None and p.span is None) or (p is None and ended is not None
                                                   and not ended.own):
+            if p is not None and ev.kind is EventKind.CLASS and ev.new_class:
+                p.cls = ev.new_class
             return  # a process without a span: its events go with it (the drop is counted)
         subject = {"process.pid": pid, "process.executable.name": ev.comm or "?"}
-        reason = {"proctree.reason": ev.reason}
+        reason = ev.reason
+        base = {"proctree.reason": reason}
         warn, info = SeverityNumber.WARN, SeverityNumber.INFO
-        if ev.kind == "restart":
-            self._event(rt, p, own_ctx, EV_RESTART, ev.ts, reason, info, ev.reason, subject)
-        elif ev.kind == "action":
-            m = _SIGNAL_RE.search(ev.reason)
-            attrs = {**reason, "proctree.action.outcome": ev.new}
-            if m:
-                attrs["proctree.action.signal"] = m.group(0)
+        if ev.kind is EventKind.RESTART:
+            self._event(rt, p, own_ctx, EV_RESTART, ev.ts, base, info, reason, subject)
+            return
+        if ev.kind is EventKind.ACTION:
+            attrs = {**base, "proctree.action.outcome": str(ev.outcome),
+                     "proctree.action.signal": signal_name(ev.signal or 0)}
             carrier = p if p is not None else self._fallback(rt, own_ctx)
             self._event(rt, carrier, own_ctx, EV_ACTION, ev.ts, attrs,
-                        warn if ev.new == "sent" else info, ev.reason, subject)
-        elif ev.new == ORPHANED:
-            ppid = self._new_parent(pid, start, p.lineage_ppid if p is not None else None)
-            attrs = dict(reason)
-            if ppid is not None:
-                attrs["process.parent_pid"] = ppid
-            if p is not None and p.lineage_ppid is not None:
-                attrs["proctree.lineage.parent_pid"] = p.lineage_ppid
+                        warn if ev.outcome == "sent" else info, reason, subject)
+            return
+        new, old = ev.new_class, ev.old_class
+        if p is not None and new:
+            p.cls = new
+        if new == ORPHANED:
+            attrs: dict[str, Any] = dict(base)
+            if ev.ppid is not None:
+                attrs["process.parent_pid"] = ev.ppid  # its new parent
+            if ev.other_pid is not None:
+                attrs["proctree.lineage.parent_pid"] = ev.other_pid
             carrier = p if p is not None else self._fallback(rt, own_ctx)
-            self._event(rt, carrier, own_ctx, EV_ORPHANED, ev.ts, attrs, warn, ev.reason,
-                        subject)
-        elif ev.new == ZOMBIE:
-            # on the span of the parent that fails to reap it: the one it had at exit,
-            # unless the tree (which still holds it, unless reaped since) knows a newer one
-            ppid = self._node_now(pid, start)
-            if ppid is None and ended is not None:
-                ppid = ended.ppid
-            parent = rt.by_pid.get(ppid) if ppid is not None else None
-            exited_at = ended.exited_at if ended is not None else ev.ts
+            self._event(rt, carrier, own_ctx, EV_ORPHANED, ev.ts, attrs, warn, reason, subject)
+        elif new == ZOMBIE:
+            # on the span of the parent that fails to reap it
+            parent = rt.by_pid.get(ev.other_pid) if ev.other_pid is not None else None
+            if parent is not None and ev.other_start_ticks is not None and not same_start(
+                    parent.identity[1], ev.other_start_ticks):
+                parent = None
+            exited_at = rt.exited_at.get((pid, start),
+                                         ev.ts - (ev.seconds or 0.0))
             rt.zombies[(pid, start)] = (parent.identity if parent is not None else (-1, -1),
                                         exited_at)
             while len(rt.zombies) > self.cfg.max_open_spans:
                 rt.zombies.popitem(last=False)
-            attrs = {**reason, "proctree.zombie.pid": pid,
+            attrs = {**base, "proctree.zombie.pid": pid,
                      "proctree.zombie.executable.name": ev.comm or "?",
                      "proctree.zombie.seconds": round(max(ev.ts - exited_at, 0.0), 3)}
             carrier = parent if parent is not None else self._fallback(rt, own_ctx)
-            self._event(rt, carrier, own_ctx, EV_ZOMBIE, ev.ts, attrs, warn, ev.reason, subject)
-        elif ev.new == EXITED and ev.old == ZOMBIE:
+            self._event(rt, carrier, own_ctx, EV_ZOMBIE, ev.ts, attrs, warn, reason, subject)
+        elif new == EXITED and old == ZOMBIE:
             seen = rt.zombies.pop((pid, start), None)
             carrier = rt.live(*seen[0]) if seen is not None else None
-            attrs = {**reason, "proctree.zombie.pid": pid,
+            attrs = {**base, "proctree.zombie.pid": pid,
                      "proctree.zombie.executable.name": ev.comm or "?"}
             if seen is not None:
                 attrs["proctree.zombie.seconds"] = round(max(ev.ts - seen[1], 0.0), 3)
             self._event(rt, carrier or self._fallback(rt, own_ctx), own_ctx, EV_ZOMBIE_REAPED,
-                        ev.ts, attrs, info, ev.reason, subject)
-        elif ev.new == PID_REUSED:
+                        ev.ts, attrs, info, reason, subject)
+        elif new == PID_REUSED:
             self._event(rt, p or self._fallback(rt, own_ctx), own_ctx, EV_PID_REUSED, ev.ts,
-                        reason, info, ev.reason, subject)
+                        base, info, reason, subject)
         else:
-            attrs = {**reason, "proctree.class.old": ev.old, "proctree.class.new": ev.new}
+            attrs = {**base, "proctree.class.old": str(old), "proctree.class.new": str(new)}
             self._event(rt, p or self._fallback(rt, own_ctx), own_ctx, EV_CLASS, ev.ts, attrs,
-                        info, ev.reason, subject)
+                        info, reason, subject)
 
     # -- long-lived processes ----------------------------------------------------------------
 
@@ -600,29 +635,16 @@ class ProcessTracer:
                 ident, p = next(iter(rt.open.items()))
                 if p.mark + interval > now:
                     break
-                self._checkpoint(rt, p, now)
-                del rt.open[ident]
-                rt.open[ident] = p
+                self._checkpoint(p, now)
+                rt.open.move_to_end(ident)
 
-    def _checkpoint(self, rt: _RootTrace, p: _Proc, now: float) -> None:
+    def _checkpoint(self, p: _Proc, now: float) -> None:
         span = p.span
         assert span is not None
-        pid, start = p.identity
-        tree = self.watchers.tree
-        with tree.lock:  # O(1): what it runs now, and its class
-            node = tree.get(pid)
-            current = None
-            if node is not None and _same(node.start_ticks, start) and not node.exited:
-                current = (node.comm, node.exe, (node.cmdline or "")[: rt.cmdline_max])
-            cls = rt.state.class_of(node) if node is not None else None
-        if current is not None:
-            self._refresh(rt, p, *current, now, "checkpoint")
         p.checkpoints += 1
         attrs = dict(getattr(span, "attributes", None) or {})
         attrs.update({"proctree.span.kind": CHECKPOINT, "proctree.checkpoint.seq": p.checkpoints,
-                      "proctree.process.running": True})
-        if cls is not None:
-            attrs["proctree.process.class"] = cls
+                      "proctree.process.running": True, "proctree.process.class": p.cls})
         cp = self.tracer.start_span(f"{p.comm or 'process'} (running)",
                                     context=trace.set_span_in_context(span),
                                     start_time=_ns(p.mark), attributes=attrs)
@@ -636,7 +658,7 @@ class ProcessTracer:
 class OtelExporter:
     """OpenTelemetry export for a running daemon: the pipeline, the tracer and its thread."""
 
-    def __init__(self, cfg: OtelConfig, watchers: Watchers,
+    def __init__(self, cfg: OtelConfig, source: EventSource,
                  snapshot: Callable[[], Snapshot] | None = None, *,
                  base_dir: Path | None = None, span_exporter: SpanExporter | None = None,
                  log_exporter: LogRecordExporter | None = None,
@@ -646,7 +668,7 @@ class OtelExporter:
         self.pipeline = Pipeline(cfg, self.counts, base_dir=base_dir,
                                  span_exporter=span_exporter, log_exporter=log_exporter,
                                  metric_reader=metric_reader)
-        self.tracer = ProcessTracer(watchers, cfg, self.pipeline.tracer, self.pipeline.logger,
+        self.tracer = ProcessTracer(source, cfg, self.pipeline.tracer, self.pipeline.logger,
                                     self.counts)
         if self.pipeline.meter_provider is not None and snapshot is not None:
             from .otel_metrics import register_snapshot_instruments

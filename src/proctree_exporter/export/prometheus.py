@@ -20,10 +20,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..reaper import HEALTHY, ORPHANED, ZOMBIE
+from ..classification import LIVE_CLASSES
 from ..snapshot import Snapshot
-
-LIVE_CLASSES = (HEALTHY, ORPHANED, ZOMBIE)
 
 
 def families(snap: Snapshot) -> Iterator[Metric]:

@@ -503,8 +503,8 @@
         text: r.event === "added" ? "joined" : (r.reason || exitText(r) || "left") });
     }
     for (const e of doc.events || []) {
-      const text = e.kind === "class" ? e.old + " → " + e.new + ": " + e.reason
-        : e.kind === "action" ? "action " + e.new + ": " + e.reason : e.reason;
+      const text = e.kind === "class" ? e.old_class + " → " + e.new_class + ": " + e.reason
+        : e.kind === "action" ? "action " + e.outcome + ": " + e.reason : e.reason;
       items.push({ ts: e.ts, kind: e.kind, pid: e.pid, st: e.start_ticks, comm: e.comm, text });
     }
     items.sort((a, b) => b.ts - a.ts);
