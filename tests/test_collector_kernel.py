@@ -12,8 +12,8 @@ import time
 import pytest
 
 from proctree_exporter import netlink as nl
-from proctree_exporter.collector import LINEAGE_POLL, SOURCE_PROCFS, Collector, CollectorSettings
-from proctree_exporter.tree import PidTree
+from proctree_exporter.collector import SOURCE_PROCFS, Collector, CollectorSettings
+from proctree_exporter.tree import LINEAGE_POLL, PidTree
 
 from .conftest import PYTHON, REPO, Janitor, assert_matches_proc, find_node, read_lines, wait_for
 

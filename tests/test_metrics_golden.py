@@ -21,6 +21,7 @@ from proctree_exporter.collector import LAG_BUCKETS
 from proctree_exporter.export.prometheus import families
 from proctree_exporter.host import HostStates
 from proctree_exporter.snapshot import ReloadStatus, RootSnapshot, Snapshot
+from proctree_exporter.stream import StreamStats
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
 
@@ -57,6 +58,8 @@ def fixed_snapshot() -> Snapshot:
         host_states=HostStates(ts=1_800_000_095.0,
                                by_state={"running": 2, "sleeping": 1590, "zombie": 1}),
         reloads=ReloadStatus(success_total=2, failure_total=1, last_success=False),
+        streams=StreamStats(open=3, events_sent=12_345,
+                            dropped={"slow": 1, "limit": 4, "shutdown": 0}),
     )
 
 

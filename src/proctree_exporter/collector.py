@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from . import netlink as nl
 from . import procfs
-from .tree import LINEAGE_RESYNC, LINEAGE_SNAPSHOT, PidTree
+from .tree import LINEAGE_POLL, LINEAGE_RESYNC, LINEAGE_SNAPSHOT, PidTree
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,6 @@ MAX_BATCHES_PER_WAKE = 32
 
 SOURCE_NETLINK = "netlink"
 SOURCE_PROCFS = "procfs"
-LINEAGE_POLL = "poll"
 
 # Upper bounds (seconds) of the kernel-to-applied lag histogram.
 LAG_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,

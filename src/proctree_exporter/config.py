@@ -74,6 +74,7 @@ class RootConfig(_Strict):
     tombstone_ttl_seconds: float = Field(60.0, ge=0, le=7 * 86400)
     max_tombstones: int = Field(1_000, ge=0, le=1_000_000)
     zombie_grace_seconds: float = Field(5.0, ge=0, le=86400)
+    change_log_size: int = Field(100_000, ge=10, le=10_000_000)
     actions: ActionsConfig = ActionsConfig()
 
     @field_validator("match")
@@ -106,6 +107,7 @@ class RootConfig(_Strict):
             cmdline_max_chars=self.cmdline_max_chars,
             tombstone_ttl_s=self.tombstone_ttl_seconds, max_tombstones=self.max_tombstones,
             zombie_grace_s=self.zombie_grace_seconds,
+            change_log_size=self.change_log_size,
             actions=ActionSpec(enabled=a.enabled, dry_run=a.dry_run,
                                term_grace_s=a.term_grace_seconds,
                                signal_zombie_parents=a.signal_zombie_parents),
@@ -125,6 +127,7 @@ class WebSettings(_Strict):
     config_file: str | None = None  # exporter-toolkit web config: TLS and basic auth
     max_connections: int = Field(64, ge=1, le=10_000)
     read_timeout_seconds: float = Field(10.0, gt=0, le=600)
+    max_streams: int = Field(100, ge=0, le=10_000)  # /api/v1/events at once
 
     @field_validator("listen_address")
     @classmethod

@@ -32,8 +32,9 @@ from .membership import Roots
 from .mirror import Mirrors
 from .procfs import ProcFS
 from .snapshot import ReloadStatus, Snapshot, take
+from .stream import StreamHub
 from .tree import PidTree
-from .web import App
+from .web import App, event_json
 from .web_config import WebConfig, load_web_config
 
 log = logging.getLogger("proctree_exporter")
@@ -80,13 +81,14 @@ class Daemon:
                                         on_start=yield_to_the_collector)
         self.roots: Roots | None = None  # set once ready: /-/ready says 200 from then on
         self.mirrors: Mirrors | None = None  # what the JSON API reads
+        self.streams: StreamHub | None = None  # /api/v1/events
         self.otel: Any = None  # export.otel.OtelExporter while otel.enabled (imported then)
         self.capabilities: tuple[Capability, ...] = ()
         self.reloads = ReloadStatus()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(self.snapshot))
         self.app = App(self.registry, web_config, lambda: self.mirrors,
-                       lambda: self.roots is not None)
+                       lambda: self.roots is not None, lambda: self.streams)
         self.server: Server = make_server(listen_address, self.app,
                                           ssl_context=web_config.ssl_context(),
                                           max_connections=cfg.web.max_connections,
@@ -102,7 +104,8 @@ class Daemon:
         """The state as /metrics shows it, now."""
         return take(self.tree, self.collector, self.roots, self.capabilities,
                     self.sampler.latest, self.reloads,
-                    self.otel.stats() if self.otel is not None else None)
+                    self.otel.stats() if self.otel is not None else None,
+                    self.streams.stats if self.streams is not None else None)
 
     def start(self) -> None:
         """Start collecting and serving; return once the tree is seeded and roots attached."""
@@ -127,11 +130,15 @@ class Daemon:
         mirrors = Mirrors(roots)
         for name in roots.root_names():
             mirrors.get(name)
+        streams = StreamHub(roots, event_json, max_streams=self.cfg.web.max_streams,
+                            on_start=yield_to_the_collector)
+        streams.start()
         # the tree's nodes live long: keep the cyclic GC from rescanning them on every
         # full collection (which put 40-90 ms pauses into scrapes on 20,000-process
         # hosts). Evicted nodes have their links cut, so refcounting still frees them.
         gc.freeze()
         self.mirrors = mirrors
+        self.streams = streams
         self.roots = roots  # from here /-/ready says 200
         log.info("ready source=%s processes=%d roots=%d", self.collector.stats.source,
                  self.tree.live_count, len(roots.roots))
@@ -170,6 +177,8 @@ class Daemon:
     def stop(self) -> None:
         """Stop serving and collecting."""
         self._stop.set()
+        if self.streams is not None:
+            self.streams.stop()  # each stream gets a last frame saying why
         if self._server_thread.is_alive():
             self.server.shutdown()
         self.server.server_close()

@@ -4,6 +4,8 @@ One thread accepts connections and, without blocking, completes TLS handshakes
 and reads request heads, each within ``read_timeout_s`` and ``max_head_bytes``.
 Only a complete request head is handed to a bounded pool of worker threads
 that run the WSGI app and write the response (one request per connection).
+A long-lived response (the event stream) takes the connection over through
+``environ["proctree.hijack"]`` and frees its worker at once.
 So a slowloris client, a stuck TLS handshake or a 1 MB header holds a small
 buffer at most, for a bounded time, while other clients are served; the
 number of threads is fixed and the number of connections is capped.
@@ -68,11 +70,32 @@ class _PrefixedRaw(io.RawIOBase):
         return self._sock.recv_into(b)
 
 
+class _Muted(io.RawIOBase):
+    """The response writer; once the connection is taken over, writes go nowhere
+    (wsgiref still "sends" the empty response the app returned)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.muted = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        return len(b) if self.muted else self._inner.write(b)
+
+    def flush(self) -> None:
+        if not self.muted:
+            self._inner.flush()
+
+
 class _Handler(WSGIRequestHandler):
     """wsgiref's request handler fed from a pre-read head; quiet (requests are not notable)."""
 
-    def __init__(self, sock: socket.socket, head: bytes, client: Any, server: Server) -> None:
+    def __init__(self, sock: socket.socket, head: bytes, client: Any, server: Server,
+                 taken: list[bool]) -> None:
         self._head = head
+        self._taken = taken
         super().__init__(sock, client, server)  # type: ignore[arg-type]
 
     def setup(self) -> None:
@@ -80,6 +103,19 @@ class _Handler(WSGIRequestHandler):
         plain = self.rfile  # holds a reference on the socket until closed
         self.rfile = io.BufferedReader(_PrefixedRaw(self._head, self.connection))
         plain.close()
+        self.wfile = _Muted(self.wfile)  # type: ignore[assignment]
+
+    def get_environ(self) -> dict[str, Any]:
+        env = super().get_environ()
+        env["proctree.hijack"] = self._hijack
+        return env
+
+    def _hijack(self) -> socket.socket:
+        """Take the connection over: the caller owns the socket (and closes it); the
+        app's own response is discarded."""
+        self.wfile.muted = True  # type: ignore[attr-defined]
+        self._taken[0] = True
+        return self.connection
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s %s", self.address_string(), format % args)
@@ -242,14 +278,16 @@ class Server:
             conn.sock.close()
 
     def _handle(self, sock: socket.socket, head: bytes, client: Any) -> None:
+        taken = [False]
         try:
-            _Handler(sock, head, client, self)
+            _Handler(sock, head, client, self, taken)
         except Exception:  # a broken client must not take a worker down
             log.debug("request from %s failed", client, exc_info=True)
         finally:
             self._slots.release()
-            with contextlib.suppress(OSError):
-                sock.close()
+            if not taken[0]:
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._pending.values() if c.deadline < now]:

@@ -19,6 +19,7 @@ from .capabilities import Capability
 from .collector import LAG_BUCKETS, Collector
 from .host import HostStates
 from .membership import Roots, RootState
+from .stream import StreamStats
 from .tree import PidTree
 
 
@@ -101,11 +102,13 @@ class Snapshot:
     host_states: HostStates | None
     reloads: ReloadStatus = field(default_factory=ReloadStatus)
     otel: OtelStats | None = None  # None while OpenTelemetry export is off
+    streams: StreamStats | None = None  # None until ready
 
 
 def take(tree: PidTree, collector: Collector, roots: Roots | None,
          capabilities: tuple[Capability, ...], host_states: HostStates | None,
-         reloads: ReloadStatus, otel: OtelStats | None = None) -> Snapshot:
+         reloads: ReloadStatus, otel: OtelStats | None = None,
+         streams: StreamStats | None = None) -> Snapshot:
     """Copy the current state under the tree lock. O(roots), not O(processes)."""
     cs = collector.stats
     with tree.lock:
@@ -150,6 +153,8 @@ def take(tree: PidTree, collector: Collector, roots: Roots | None,
             host_states=host_states,
             reloads=reloads,
             otel=otel,
+            streams=StreamStats(streams.open, streams.events_sent, dict(streams.dropped))
+            if streams is not None else None,
         )
     return snap
 

@@ -42,6 +42,7 @@ LINEAGE_FORK = "fork"  # a FORK event named the parent
 LINEAGE_SNAPSHOT = "snapshot"  # ppid at start-up (may already be a reparenting)
 LINEAGE_RESYNC = "resync"  # ppid at a resync after lost events
 LINEAGE_LATE = "late"  # first seen at EXEC or via /proc, ppid at that time
+LINEAGE_POLL = "poll"  # seen by the /proc polling fallback, ppid at that time
 
 
 class Node:

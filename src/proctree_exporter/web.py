@@ -29,6 +29,7 @@ from .classification import HEALTHY, ORPHANED, ZOMBIE
 from .events import EventKind, RootEvent
 from .identity import Identity
 from .mirror import MemberInfo, Mirrors, RootMirror
+from .stream import STREAM_KINDS, StreamHub, StreamsFull, parse_cursor, response_head
 from .users import USER_NAMES
 from .web_config import WebConfig
 
@@ -37,23 +38,27 @@ log = logging.getLogger(__name__)
 StartResponse = Callable[..., Any]
 _PAGES = ("/", "/metrics", "/api/v1/roots", "/api/v1/tree", "/-/healthy", "/-/ready")
 _PAGES += ("/api/v1/ancestors",)  # the tree page's chain of ancestors
+_PAGES += ("/api/v1/events", "/api/v1/openapi.json")
 _MAX_ANCESTORS = 256
 # A root's document (members, tree) is rebuilt at most this often while the root
 # changes; requests in between share the last one. Thousands of members take tens
 # of milliseconds to assemble, and clients that poll in a loop must not take the
 # CPU the collector needs (measured in bench/collector_blocking.py).
 REBUILD_INTERVAL_S = 0.5
+_STREAM_KINDS = frozenset(STREAM_KINDS)
 
 
 class App:
     """The exporter's WSGI application."""
 
     def __init__(self, registry: CollectorRegistry, web_config: WebConfig,
-                 mirrors: Callable[[], Mirrors | None], ready: Callable[[], bool]) -> None:
+                 mirrors: Callable[[], Mirrors | None], ready: Callable[[], bool],
+                 streams: Callable[[], StreamHub | None] = lambda: None) -> None:
         self.metrics_app = make_wsgi_app(registry)
         self.web_config = web_config
         self._mirrors = mirrors
         self._ready = ready
+        self._streams = streams
         # (root, path) -> (mirror, its position, built at (monotonic), body)
         self._bodies: dict[tuple[str, str], tuple[RootMirror, tuple[int, int], float, bytes]] = {}
 
@@ -94,10 +99,18 @@ class App:
             return respond("200 OK", found[0], found[1], headers=[("Cache-Control", "no-cache")])
         if path == "/":
             return respond("200 OK", self._landing().encode(), "text/html; charset=utf-8")
+        if path == "/api/v1/openapi.json":
+            from . import openapi  # built when first asked for
+
+            return respond("200 OK", openapi.body(), "application/json")
         mirrors = self._mirrors()
-        if mirrors is None:
+        hub = self._streams()
+        if mirrors is None or (path == "/api/v1/events" and hub is None):
             return respond("503 Service Unavailable", b"not ready: seeding from /proc\n")
         try:
+            if path == "/api/v1/events":
+                assert hub is not None
+                return self._events(environ, hub, extra, respond)
             body = self._api(path, environ.get("QUERY_STRING", ""), mirrors)
         except KeyError as exc:
             return respond("404 Not Found", _json({"error": f"no root {exc.args[0]!r}"}),
@@ -106,7 +119,47 @@ class App:
             return respond("404 Not Found", _json({"error": str(exc)}), "application/json")
         except ValueError as exc:
             return respond("400 Bad Request", _json({"error": str(exc)}), "application/json")
+        except StreamsFull as exc:
+            return respond("503 Service Unavailable", _json({"error": str(exc)}),
+                           "application/json", headers=[("Retry-After", "5")])
         return respond("200 OK", body, "application/json")
+
+    def _events(self, environ: dict[str, Any], hub: StreamHub,
+                extra: list[tuple[str, str]], respond: Callable[..., list[bytes]]
+                ) -> list[bytes]:
+        """``/api/v1/events``: validate, then hand the connection to the stream hub."""
+        params = parse_qs(environ.get("QUERY_STRING", ""))
+        names = params.get("root") or None
+        if names is not None:
+            names = list(dict.fromkeys(names))
+            for name in names:
+                hub.source.log(name)  # KeyError: 404
+        kinds = None
+        if "kinds" in params:
+            wanted = {k.strip() for v in params["kinds"] for k in v.split(",") if k.strip()}
+            bad = sorted(wanted - _STREAM_KINDS)
+            if bad:
+                raise ValueError(f"unknown event kinds {', '.join(bad)}: expected some of "
+                                 f"{', '.join(sorted(_STREAM_KINDS))}")
+            kinds = frozenset(wanted)
+        cursor_text = environ.get("HTTP_LAST_EVENT_ID") or (params.get("since") or [""])[0]
+        cursors = parse_cursor(cursor_text, names)
+        if names is not None:
+            cursors = {n: s for n, s in cursors.items() if n in names}
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            return respond("200 OK", b"", "text/event-stream; charset=utf-8")
+        hijack = environ.get("proctree.hijack")
+        if hijack is None:  # another WSGI server: streams need this one
+            return respond("501 Not Implemented", _json({"error": "no event streams here"}),
+                           "application/json")
+        hub.reserve()  # StreamsFull: 503
+        try:
+            sock = hijack()
+        except BaseException:
+            hub.release()
+            raise
+        hub.open(sock, names, cursors, kinds, response_head(extra))
+        return respond("200 OK", b"")  # wsgiref's copy of the response goes nowhere
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse,
                  extra: list[tuple[str, str]]) -> Iterable[bytes]:
@@ -251,7 +304,7 @@ def _root_doc(m: RootMirror) -> dict[str, Any]:
     assert spec is not None
     count = len(m.members)
     return {
-        "name": m.name, "select": spec.select, "match": spec.match, "up": m.up,
+        "name": m.name, "seq": m.seq, "select": spec.select, "match": spec.match, "up": m.up,
         "instances": [{"pid": i.pid, "start_ticks": i.start_ticks, "comm": i.comm,
                        "started_at": i.started_at} for i in m.instances.values()],
         "members": count, "classes": m.class_counts(),
@@ -272,6 +325,11 @@ def event_doc(ev: RootEvent) -> dict[str, Any]:
     elif ev.kind is EventKind.RESTART:
         doc["old"], doc["new"] = "exited", "restarted"
     return doc
+
+
+def event_json(ev: RootEvent) -> bytes:
+    """An event as one line of JSON (the event stream's ``data``)."""
+    return json.dumps(event_doc(ev), separators=(",", ":")).encode()
 
 
 def _root_body(m: RootMirror) -> bytes:
@@ -330,7 +388,7 @@ def _tree_body(m: RootMirror) -> bytes:
         first.append(True)
         stack.append((x, True))
         stack.extend((c, False) for c in reversed(kids.get(x.pid, ())))
-    head = json.dumps({"root": m.name, "up": m.up,
+    head = json.dumps({"root": m.name, "seq": m.seq, "up": m.up,
                        "truncated": len(m.members) > spec.max_members},
                       separators=(",", ":"))[:-1].encode()
     return b"".join((head, b',"nodes":[', *parts, b"]}\n"))

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from ..classification import LIVE_CLASSES
 from ..snapshot import Snapshot
+from ..stream import DROP_REASONS
 
 
 def families(snap: Snapshot) -> Iterator[Metric]:
@@ -30,6 +31,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _host_families(snap)
     yield from _self_families(snap)
     yield from _otel_families(snap)
+    yield from _stream_families(snap)
 
 
 def _root_families(snap: Snapshot) -> Iterator[Metric]:
@@ -229,6 +231,23 @@ def _otel_families(snap: Snapshot) -> Iterator[Metric]:
         for (signal, reason), count in sorted(otel.dropped.items()):
             dropped.add_metric([signal, reason], count)
     yield from (open_spans, exported, dropped)
+
+
+def _stream_families(snap: Snapshot) -> Iterator[Metric]:
+    streams = snap.streams
+    yield GaugeMetricFamily("proctree_event_streams_open",
+                            "Clients following /api/v1/events now.",
+                            value=streams.open if streams is not None else 0)
+    yield CounterMetricFamily("proctree_event_stream_events_sent",
+                              "Events written to /api/v1/events clients (one per client).",
+                              value=streams.events_sent if streams is not None else 0)
+    dropped = CounterMetricFamily("proctree_event_stream_clients_dropped",
+                                  "Event stream clients cut off or refused, by reason: slow "
+                                  "(fell more than the send buffer behind), limit (beyond "
+                                  "web.max_streams), shutdown.", labels=["reason"])
+    for reason in DROP_REASONS:
+        dropped.add_metric([reason], streams.dropped.get(reason, 0) if streams else 0)
+    yield dropped
 
 
 def _le(bound: float) -> str:

@@ -1,0 +1,351 @@
+"""The event stream: roots' typed events to remote clients as Server-Sent Events.
+
+``GET /api/v1/events`` is answered by a worker thread like any request; once
+the request is valid, the worker hands the connection to the :class:`StreamHub`
+and is free again. One hub thread serves every stream: it reads each stream's
+roots through its own cursors on their change logs (never the tree or its
+lock), writes frames with non-blocking sends, and holds at most
+``max_buffer_bytes`` unsent per client. So an open stream costs a socket and a
+bounded buffer, not a thread; a client too slow for the events is cut off with
+a final ``error`` frame and counted, and never holds up the collector or the
+other clients.
+
+The SSE ``id`` of each frame is the stream's cursor: ``NAME:SEQ`` per root,
+joined by ``,``. A client that reconnects with it (``Last-Event-ID`` or
+``?since=``) gets every event after it exactly once, or, when the cursor has
+fallen off a root's log, a ``reset`` frame saying how many were lost first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import selectors
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .changelog import ChangeLog, EventSource
+from .events import EventKind, RootEvent
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 15.0  # a comment line on an idle stream keeps proxies from closing it
+RETRY_MS = 2000  # what EventSource clients wait before reconnecting
+MAX_BUFFER_BYTES = 1 << 20  # unsent bytes per client before it is cut off as too slow
+EVENTS_PER_ROUND = 1024  # per root and stream per hub round: fair to the other streams
+_ENCODED_KEEP = 65536  # events kept encoded, shared by every stream that sends them
+DROP_REASONS = ("slow", "limit", "shutdown")
+ERROR_REASONS = ("slow", "shutdown")  # why a stream's last frame (``error``) ends it
+# kinds a stream sends: ``lost`` is made by readers that fall behind (the Python API);
+# a stream says ``reset`` instead
+STREAM_KINDS = tuple(k.value for k in EventKind if k is not EventKind.LOST)
+
+
+class StreamsFull(Exception):
+    """``max_streams`` streams are open already."""
+
+
+@dataclass
+class StreamStats:
+    """What /metrics shows of the event streams."""
+
+    open: int = 0
+    events_sent: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+
+
+def parse_cursor(text: str, roots: list[str] | None) -> dict[str, int]:
+    """``NAME:SEQ,NAME:SEQ`` (or a bare SEQ for a stream of one root) -> {name: seq}.
+    Raises ValueError with what is wrong."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.isdigit():
+        if roots is None or len(roots) != 1:
+            raise ValueError("a bare number as cursor needs exactly one root=")
+        return {roots[0]: int(text)}
+    out: dict[str, int] = {}
+    for token in text.split(","):
+        name, sep, seq = token.strip().rpartition(":")
+        if not sep or not name or not seq.isdigit():
+            raise ValueError(f"cursor {text[:200]!r}: expected NAME:SEQ[,NAME:SEQ...]")
+        out[name] = int(seq)
+    return out
+
+
+def frame(event: str, data: bytes, ident: str | None = None) -> bytes:
+    """One SSE frame; ``data`` must be one line."""
+    head = f"id: {ident}\nevent: {event}\n" if ident is not None else f"event: {event}\n"
+    return head.encode() + b"data: " + data + b"\n\n"
+
+
+class _Stream:
+    """One client: its roots and cursors, kinds wanted, unsent bytes."""
+
+    __slots__ = ("closed", "cursors", "kinds", "last_write", "logs", "names", "out", "sock")
+
+    def __init__(self, sock: socket.socket, names: list[str] | None,
+                 logs: dict[str, ChangeLog], cursors: dict[str, int],
+                 kinds: frozenset[str] | None, head: bytes) -> None:
+        self.sock = sock
+        self.names = names  # None: every root, those added later too
+        # the logs themselves, not their names: a root removed meanwhile still has
+        # its last event (root_removed) to send
+        self.logs = logs
+        self.cursors = cursors
+        self.kinds = kinds
+        self.out = bytearray(head)
+        self.last_write = time.monotonic()
+        self.closed = False
+
+    def ident(self) -> str:
+        return ",".join(f"{n}:{s}" for n, s in self.cursors.items())
+
+
+class StreamHub:
+    """Every open event stream, served by one thread (see the module docstring)."""
+
+    def __init__(self, source: EventSource, encode: Callable[[RootEvent], bytes], *,
+                 max_streams: int = 100, max_buffer_bytes: int = MAX_BUFFER_BYTES,
+                 heartbeat_s: float = HEARTBEAT_S,
+                 on_start: Callable[[], None] | None = None) -> None:
+        self.source = source
+        self.encode = encode  # an event's JSON, one line
+        self.max_streams = max_streams
+        self.max_buffer_bytes = max_buffer_bytes
+        self.heartbeat_s = heartbeat_s
+        self.stats = StreamStats()
+        self._on_start = on_start
+        self._lock = threading.Lock()  # guards _incoming and the count of streams
+        self._incoming: list[_Stream] = []
+        self._streams: dict[int, _Stream] = {}
+        self._count = 0  # open and incoming
+        self._sel = selectors.DefaultSelector()
+        self._encoded: dict[tuple[str, int], bytes] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="proctree-streams", daemon=True)
+
+    # -- called by request handlers ---------------------------------------------------
+
+    def reserve(self) -> None:
+        """Count a stream about to open; StreamsFull (counted) beyond ``max_streams``."""
+        with self._lock:
+            if self._count >= self.max_streams or self._stop.is_set():
+                self.stats.dropped["limit"] += 1
+                raise StreamsFull(f"{self._count} event streams are open (web.max_streams)")
+            self._count += 1
+
+    def release(self) -> None:
+        """Give back a reservation that did not become a stream."""
+        with self._lock:
+            self._count -= 1
+
+    def open(self, sock: socket.socket, names: list[str] | None, cursors: dict[str, int],
+             kinds: frozenset[str] | None, head: bytes) -> None:
+        """Serve a reserved stream on ``sock`` (the response head not yet sent) from
+        ``cursors`` (roots absent from it: from now). The hub owns ``sock`` from here."""
+        source = self.source
+        logs: dict[str, ChangeLog] = {}
+        start: dict[str, int] = {}
+        for name in names if names is not None else source.root_names():
+            try:
+                logs[name] = log_ = source.log(name)
+            except KeyError:  # removed meanwhile: its stream shows nothing of it
+                continue
+            start[name] = cursors.get(name, log_.seq)
+        st = _Stream(sock, names, logs, start, kinds,
+                     head + f"retry: {RETRY_MS}\n\n".encode())
+        with self._lock:
+            self._incoming.append(st)
+        source.wakeup.notify()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """End every stream (each gets an ``error`` frame, reason ``shutdown``)."""
+        self._stop.set()
+        self.source.wakeup.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # -- the hub thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
+        wakeup = self.source.wakeup
+        try:
+            while not self._stop.is_set():
+                gen = wakeup.generation
+                self._adopt()
+                now = time.monotonic()
+                backlog = False
+                for st in list(self._streams.values()):
+                    if self._pump(st, now):
+                        backlog = True
+                if self._stop.is_set():
+                    break
+                # a client's socket full: retry it soon; otherwise sleep until events
+                wakeup.wait(gen, 0.02 if backlog else 0.5)
+                self._select(0)
+        except Exception:  # never silently: a dead hub would leave clients hanging
+            log.exception("event stream hub failed")
+        finally:
+            for st in list(self._streams.values()):
+                self._cut(st, "shutdown", "the exporter is stopping")
+            with self._lock:
+                incoming, self._incoming = self._incoming, []
+            for st in incoming:
+                self._close(st)
+                self.stats.dropped["shutdown"] += 1
+            self._sel.close()
+
+    def _adopt(self) -> None:
+        if not self._incoming:
+            return
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for st in incoming:
+            try:
+                st.sock.setblocking(False)
+                self._sel.register(st.sock, selectors.EVENT_READ)
+            except (OSError, ValueError):
+                self._close(st, registered=False)
+                continue
+            self._streams[st.sock.fileno()] = st
+            self.stats.open = len(self._streams)
+
+    def _select(self, timeout: float) -> None:
+        """Notice clients that closed (readable: EOF), so they are dropped promptly."""
+        for key, _ in self._sel.select(timeout):
+            st = self._streams.get(key.fd)
+            if st is None:
+                continue
+            try:
+                data = st.sock.recv(4096)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
+                continue
+            except OSError:
+                data = b""
+            if not data:  # the client went away
+                self._close(st)
+
+    def _pump(self, st: _Stream, now: float) -> bool:
+        """Queue ``st``'s new events and send what its socket takes; True if bytes
+        are left unsent."""
+        if self._fill(st) or st.closed:
+            return False  # the stream ended
+        if not st.out and now - st.last_write >= self.heartbeat_s:
+            st.out += b": keepalive\n\n"
+        if st.out and not self._send(st, now):
+            return False
+        if len(st.out) > self.max_buffer_bytes:
+            self._cut(st, "slow", f"more than {self.max_buffer_bytes} bytes unsent: the "
+                                  f"client does not keep up; reconnect with Last-Event-ID")
+            return False
+        return bool(st.out)
+
+    def _fill(self, st: _Stream) -> bool:
+        """Append frames for the events after ``st``'s cursors; True if the stream ended."""
+        source = self.source
+        if st.names is None:  # every root: roots added since join from their first event
+            for name in source.root_names():
+                if name not in st.logs:
+                    with contextlib.suppress(KeyError):
+                        st.logs[name] = source.log(name)
+                        st.cursors[name] = 0
+        kinds = st.kinds
+        sent = 0
+        for name, cursor in list(st.cursors.items()):
+            if len(st.out) > self.max_buffer_bytes:
+                break
+            events, lost = st.logs[name].since(cursor, limit=EVENTS_PER_ROUND)
+            if lost:
+                cursor += lost
+                st.cursors[name] = cursor
+                doc = {"kind": "reset", "root": name, "lost": lost, "seq": cursor,
+                       "reason": f"{lost} events of root {name} fell off its change log "
+                                 f"before they could be sent: refetch the root's state"}
+                st.out += frame("reset", _line(doc), st.ident())
+            for ev in events:
+                st.cursors[name] = ev.seq
+                if kinds is None or ev.kind in kinds:
+                    st.out += frame(ev.kind, self._encoded_event(ev), st.ident())
+                    sent += 1
+                if ev.kind is EventKind.ROOT_REMOVED:
+                    del st.cursors[name], st.logs[name]
+                    break
+        self.stats.events_sent += sent
+        if st.names is not None and not st.cursors:  # every root it followed is gone
+            self._send(st, time.monotonic())
+            self._close(st)
+            return True
+        return False
+
+    def _encoded_event(self, ev: RootEvent) -> bytes:
+        key = (ev.root, ev.seq)
+        data = self._encoded.get(key)
+        if data is None:
+            data = self.encode(ev)
+            if len(self._encoded) >= _ENCODED_KEEP:
+                del self._encoded[next(iter(self._encoded))]  # the oldest
+            self._encoded[key] = data
+        return data
+
+    def _send(self, st: _Stream, now: float) -> bool:
+        """Send what the socket takes without blocking; False if the client is gone."""
+        try:
+            while st.out:
+                n = st.sock.send(memoryview(st.out)[:256 * 1024])
+                if n <= 0:
+                    break
+                del st.out[:n]
+                st.last_write = now
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                ssl.SSLWantReadError):
+            pass
+        except OSError:
+            self._close(st)
+            return False
+        return True
+
+    def _cut(self, st: _Stream, reason: str, message: str) -> None:
+        """End a stream on purpose: a last ``error`` frame (best effort), counted."""
+        self.stats.dropped[reason] += 1
+        st.out += frame("error", _line({"kind": "error", "reason": reason, "message": message}))
+        self._send(st, time.monotonic())
+        self._close(st)
+
+    def _close(self, st: _Stream, registered: bool = True) -> None:
+        if st.closed:
+            return
+        st.closed = True
+        fd = st.sock.fileno()
+        if registered:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(st.sock)
+        self._streams.pop(fd, None)
+        with contextlib.suppress(OSError):
+            st.sock.close()
+        with self._lock:
+            self._count -= 1
+        self.stats.open = len(self._streams)
+
+
+def _line(doc: object) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def response_head(headers: Iterable[tuple[str, str]]) -> bytes:
+    """The HTTP response head of a stream (HTTP/1.1, no length: it ends at close)."""
+    lines = ["HTTP/1.1 200 OK", "Content-Type: text/event-stream; charset=utf-8",
+             "Cache-Control: no-cache", "X-Accel-Buffering: no", "Connection: close",
+             *(f"{k}: {v}" for k, v in headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
