@@ -2,6 +2,8 @@
 
 Chromium is driven through chromedriver's W3C WebDriver HTTP API (a few calls over
 urllib: no extra Python package). Both come from Debian (`scripts/bootstrap test`).
+The browser's network traffic is read from chromedriver's performance log (the
+DevTools protocol's Network events), so a test sees every request the page makes.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -130,6 +133,65 @@ class Browser:
     def rows(self) -> list[dict[str, Any]]:
         return self.js(ROWS_JS)
 
+    def status(self) -> dict[str, str]:
+        """The status line: its text and data attributes (mode, polls, events, resyncs)."""
+        return self.js("const s = document.getElementById('status');"
+                       "return Object.assign({text: s.textContent}, s.dataset)")
+
+    def before_scripts(self, source: str) -> None:
+        """Run ``source`` in every page this session opens, before the page's scripts."""
+        self.s("POST", "/goog/cdp/execute", {"cmd": "Page.addScriptToEvaluateOnNewDocument",
+                                             "params": {"source": source}})
+
+    def network(self) -> list[tuple[str, dict[str, Any]]]:
+        """The DevTools Network events (method, params) since the previous call."""
+        logs = self.s("POST", "/se/log", {"type": "performance"})
+        out = []
+        for entry in logs:
+            msg = json.loads(entry["message"])["message"]
+            if msg["method"].startswith("Network."):
+                out.append((msg["method"], msg["params"]))
+        return out
+
+
+class NetLog:
+    """The page's requests, from the Network events read so far."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, dict[str, Any]] = {}  # requestId -> what we know of it
+
+    def read(self, b: Browser) -> list[dict[str, Any]]:
+        """Take in the events since the last read; return the requests they started."""
+        started = []
+        for method, p in b.network():
+            rid = p.get("requestId")
+            if method == "Network.requestWillBeSent":
+                req = {"url": p["request"]["url"], "type": p.get("type"), "status": None,
+                       "mime": None, "done": False, "messages": []}
+                self.requests[rid] = req
+                started.append(req)
+            elif rid not in self.requests:
+                continue
+            elif method == "Network.responseReceived":
+                self.requests[rid]["status"] = p["response"]["status"]
+                self.requests[rid]["mime"] = p["response"]["mimeType"]
+            elif method in ("Network.loadingFinished", "Network.loadingFailed"):
+                self.requests[rid]["done"] = True
+            elif method == "Network.eventSourceMessageReceived":
+                self.requests[rid]["messages"].append((p["eventName"], p["data"]))
+        return started
+
+    def open_streams(self) -> list[dict[str, Any]]:
+        """/api/v1/events requests answered 200 with an event stream, not ended yet."""
+        return [r for r in self.requests.values() if "/api/v1/events" in r["url"]
+                and r["status"] == 200 and r["mime"] == "text/event-stream" and not r["done"]]
+
+
+def polls(requests: list[dict[str, Any]]) -> list[str]:
+    """The URLs among ``requests`` that fetch a root's document or the roots."""
+    return [r["url"] for r in requests
+            if "/api/v1/roots" in r["url"] or "/api/v1/tree" in r["url"]]
+
 
 @pytest.fixture
 def browser(janitor: Janitor, tmp_path: Path) -> Iterator[Browser]:
@@ -155,8 +217,10 @@ def browser(janitor: Janitor, tmp_path: Path) -> Iterator[Browser]:
             "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}",
             "--window-size=1440,900", "--force-prefers-reduced-motion"]
     caps = {"browserName": "chrome", "acceptInsecureCerts": True,
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
-            "goog:loggingPrefs": {"browser": "ALL"}}
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args,
+                                   "perfLoggingPrefs": {"enableNetwork": True,
+                                                        "enablePage": False}},
+            "goog:loggingPrefs": {"browser": "ALL", "performance": "ALL"}}
     b.session = b.call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})["sessionId"]
     try:
         yield b
@@ -196,7 +260,7 @@ def test_tree_page_shows_children_orphans_zombies_and_filters(janitor: Janitor, 
     exited = wait_for(lambda: (r := row(browser, done)) and r["cls"] == "exited" and r, timeout=10)
     assert exited["gone"] and "exited" in exited["text"]
 
-    # a child started now appears within 2 s (the page polls once a second)
+    # a child started now appears within 2 s (the page follows the root's event stream)
     send(holder, "spawn")
     sleeper, wrapper = (int(x) for x in read_lines(holder, 1)[0].split())
     janitor.track(sleeper)
@@ -294,11 +358,187 @@ def test_tree_page_goes_through_tls_and_basic_auth(janitor: Janitor, tmp_path: P
         assert status(path, True) == 200, path
     assert status("/ui/nope.js", True) == 404
     assert status(f"/api/v1/ancestors?root=exporter&pid={d.proc.pid}", True) == 200
-    # in the browser: credentials typed once (here in the URL) serve the page's polling too
+    assert status("/api/v1/events?root=exporter", False) == 401
+    # in the browser: credentials typed once (here in the URL) serve the page's event
+    # stream too (an EventSource sends them to its own origin; a 401 would mean polling)
     browser.open(f"https://prom:s3cret@127.0.0.1:{d.port}/#root=exporter")
     exporter = wait_for(lambda: row(browser, d.proc.pid), timeout=10)
     assert exporter["cls"] == "healthy" and "root" in exporter["text"]
-    polls = browser.js("return Number(document.getElementById('status').dataset.polls)")
-    wait_for(lambda: browser.js("return Number(document.getElementById('status').dataset.polls)")
-             > polls, timeout=5)
+    wait_for(lambda: browser.status().get("mode") == "stream", timeout=10)
+    net = NetLog()
+    net.read(browser)
+    (stream,) = net.open_streams()
+    assert stream["url"].startswith(f"https://127.0.0.1:{d.port}/api/v1/events?root=exporter&"), \
+        stream["url"]
     assert browser.console_errors() == []
+
+
+def test_tree_page_follows_the_event_stream_without_polling(janitor: Janitor, tmp_path: Path,
+                                                             browser: Browser) -> None:
+    d = start_daemon(janitor, tmp_path, CONFIG)
+    holder = janitor.spawn([PYTHON, "-c", SCENE], stdin=subprocess.PIPE)
+    read_lines(holder, 1)
+    browser.open(d.url + "/#root=ui-job")
+    wait_for(lambda: row(browser, holder.pid), timeout=10)
+    wait_for(lambda: browser.status().get("mode") == "stream", timeout=10)
+    st = browser.status()
+    assert st["text"].startswith("live stream"), st
+    net = NetLog()
+    net.read(browser)
+    # the document first, then one stream from the position that document is true at
+    (stream,) = net.open_streams()
+    seq = d.json("/api/v1/roots/ui-job")["seq"]
+    assert re.fullmatch(rf"{re.escape(d.url)}/api/v1/events\?root=ui-job&since=ui-job%3A\d+",
+                        stream["url"]), stream["url"]
+    assert int(stream["url"].rsplit("%3A", 1)[1]) <= seq
+
+    # a child forked now is on the page within a second, with no poll meanwhile
+    t0 = time.monotonic()
+    send(holder, "spawn")
+    sleeper, wrapper = (int(x) for x in read_lines(holder, 1)[0].split())
+    janitor.track(sleeper)
+    child = wait_for(lambda: row(browser, sleeper), timeout=max(0.0, t0 + 1.0 - time.monotonic()),
+                     interval=0.02)
+    took = time.monotonic() - t0
+    assert child["cls"] == "healthy" and child["depth"] == 2, child
+    assert row(browser, wrapper) is not None
+    time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))  # the whole second
+    during = net.read(browser)
+    assert polls(during) == [], (polls(during), took)
+    assert [r["url"] for r in during] == [], during  # no request at all: the stream carried it
+    assert net.open_streams() == [stream], net.requests
+    joined = [json.loads(data) for name, data in stream["messages"] if name == "joined"]
+    assert sleeper in {e["pid"] for e in joined}, stream["messages"]
+    st = browser.status()
+    assert st["mode"] == "stream" and st["resyncs"] == "0" and int(st["events"]) >= 2, st
+    # the exited wrapper and its orphan, from the stream too
+    send(holder, "orphan")
+    read_lines(holder, 1)
+    wait_for(lambda: (r := row(browser, sleeper)) and r["cls"] == "orphaned", timeout=2)
+    w = row(browser, wrapper)
+    assert w is not None and w["gone"] and w["cls"] == "exited"
+    wait_for(lambda: browser.js(
+        "return [...document.querySelectorAll('#roots tr[data-root=\"ui-job\"] td')]"
+        ".map(t => t.textContent)")[3] == "1", timeout=2)
+    # what the page built from events is what the exporter's own document says
+    shown_js = ("return [...document.querySelectorAll('#tree-canvas .row:not([hidden])')]"
+                ".map(r => r.dataset.pid + ' ' + r.dataset.class).sort().join(',')")
+
+    def same_as_server() -> bool:
+        doc = d.json("/api/v1/roots/ui-job")
+        want = sorted(f"{m['pid']} {m['class']}" for m in doc["members"] + doc["tombstones"])
+        return browser.js(shown_js) == ",".join(want)
+
+    wait_for(same_as_server, timeout=3, interval=0.1)
+    # the exited toggle hides tombstones (an exited parent of a live process stays, faded)
+    done = next(r["pid"] for r in browser.rows() if r["gone"] and r["pid"] != wrapper)
+    browser.click("#exited")
+    wait_for(lambda: row(browser, done) is None, timeout=2)
+    assert row(browser, sleeper) is not None and row(browser, wrapper)["gone"]
+    browser.click("#exited")
+    wait_for(lambda: row(browser, done), timeout=2)
+    assert polls(net.read(browser)) == []
+    assert browser.status()["resyncs"] == "0"
+    assert browser.console_errors() == []
+
+
+# keeps every EventSource the page opens, so a test can hand it frames of its own
+KEEP_STREAMS = """
+window.__streams = [];
+window.EventSource = class extends window.EventSource {
+  constructor(...args) { super(...args); window.__streams.push(this); }
+};
+"""
+
+
+def test_tree_page_resubscribes_after_reset_gap_cut_off_and_pause(
+        janitor: Janitor, tmp_path: Path, browser: Browser) -> None:
+    d = start_daemon(janitor, tmp_path, CONFIG)
+    holder = janitor.spawn([PYTHON, "-c", SCENE], stdin=subprocess.PIPE)
+    read_lines(holder, 1)
+    browser.before_scripts(KEEP_STREAMS)
+    browser.open(d.url + "/#root=ui-job")
+    wait_for(lambda: row(browser, holder.pid), timeout=10)
+    wait_for(lambda: browser.status().get("mode") == "stream", timeout=10)
+    net = NetLog()
+    net.read(browser)
+
+    def frame(name: str, data: dict[str, Any]) -> None:
+        browser.js("window.__streams.at(-1).dispatchEvent("
+                   "new MessageEvent(arguments[0], {data: JSON.stringify(arguments[1])}))",
+                   name, data)
+
+    def resubscribed(resyncs: int, streams: int) -> dict[str, Any]:
+        """The page refetched the document and follows a new stream (its ``streams``th)
+        from the document's seq; ``resyncs`` of them after a reset, a gap or a cut-off."""
+        st = wait_for(lambda: (s := browser.status())["mode"] == "stream"
+                      and s["resyncs"] == str(resyncs) and s, timeout=5)
+        started = net.read(browser)
+        assert f"{d.url}/api/v1/roots/ui-job" in polls(started), started
+        (stream,) = net.open_streams()
+        assert stream["url"].endswith(f"&since=ui-job%3A{st['seq']}"), (stream, st)
+        assert browser.js("return window.__streams.length") == streams
+        return stream
+
+    # reset: events were dropped before the page saw them
+    seq = int(browser.status()["seq"])
+    frame("reset", {"kind": "reset", "root": "ui-job", "lost": 5, "seq": seq + 6,
+                    "reason": "test"})
+    resubscribed(1, 2)
+    # a gap in the seqs (never sent by the exporter, never ignored by the page)
+    seq = int(browser.status()["seq"])
+    frame("joined", {"kind": "joined", "root": "ui-job", "seq": seq + 2, "ts": time.time(),
+                     "pid": 999999, "start_ticks": 1, "comm": "ghost", "depth": 1})
+    resubscribed(2, 3)
+    assert row(browser, 999999) is None
+    # the exporter cuts the stream off (a slow client)
+    frame("error", {"kind": "error", "reason": "slow", "message": "test"})
+    resubscribed(3, 4)
+
+    # paused: no stream, no polls; resumed: a fresh document and a stream again
+    browser.click("#pause")
+    wait_for(lambda: browser.status()["mode"] == "paused", timeout=2)
+    net.read(browser)
+    assert net.open_streams() == []
+    send(holder, "spawn")
+    sleeper, _ = (int(x) for x in read_lines(holder, 1)[0].split())
+    janitor.track(sleeper)
+    time.sleep(1.2)
+    assert net.read(browser) == [] and row(browser, sleeper) is None
+    browser.click("#pause")
+    wait_for(lambda: row(browser, sleeper), timeout=3)
+    stream = resubscribed(3, 5)  # resuming is no resync
+    # and it is live: the next process shows from the new stream
+    send(holder, "zombie")
+    (zombie,) = (int(x) for x in read_lines(holder, 1))
+    janitor.track(zombie)
+    wait_for(lambda: (r := row(browser, zombie)) and r["cls"] == "zombie", timeout=5)
+    net.read(browser)
+    assert zombie in {json.loads(data)["pid"] for name, data in stream["messages"]
+                      if name == "joined"}
+    assert browser.console_errors() == []
+
+
+def test_tree_page_polls_when_the_stream_is_refused(janitor: Janitor, tmp_path: Path,
+                                                   browser: Browser) -> None:
+    # no stream may open (web.max_streams: 0, every /api/v1/events is a 503)
+    d = start_daemon(janitor, tmp_path, CONFIG + "web:\n  max_streams: 0\n")
+    holder = janitor.spawn([PYTHON, "-c", SCENE], stdin=subprocess.PIPE)
+    read_lines(holder, 1)
+    browser.open(d.url + "/#root=ui-job")
+    wait_for(lambda: row(browser, holder.pid), timeout=10)
+    st = wait_for(lambda: (s := browser.status())["mode"] == "polling" and s, timeout=10)
+    assert st["text"].startswith("polling every 1 s (event stream: 503 "), st
+    net = NetLog()
+    net.read(browser)
+    assert net.open_streams() == []
+    # the polls go on, once a second, and still show a new child
+    send(holder, "spawn")
+    sleeper, _ = (int(x) for x in read_lines(holder, 1)[0].split())
+    janitor.track(sleeper)
+    wait_for(lambda: row(browser, sleeper), timeout=3, interval=0.05)
+    time.sleep(1.5)
+    assert f"{d.url}/api/v1/roots/ui-job" in polls(net.read(browser))
+    assert browser.status()["mode"] == "polling"
+    # the 503s the page met are in the console; nothing else is
+    assert all("/api/v1/events" in e for e in browser.console_errors())

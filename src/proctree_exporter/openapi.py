@@ -162,6 +162,8 @@ def _event_schema() -> Schema:
     props: dict[str, Schema] = {k: _EVENT_FIELDS[k] for k in RootEvent._fields}
     props["reason"] = {"type": "string", "description": "The event as a sentence, built from "
                                                         "its fields (never parse it)."}
+    props["user"] = {"type": "string", "description": "The user name of uid (the uid when "
+                                                      "it has none); with uid."}
     props["old"] = {"type": "string", "description": "First API: the class before (class), "
                                                      "`exited` (restart)."}
     props["new"] = {"type": "string", "description": "First API: the class after (class), the "
@@ -174,8 +176,9 @@ def _event_schema() -> Schema:
     per_kind = []
     for kind in STREAM_KINDS:
         always, sometimes = _KIND_FIELDS[EventKind(kind)]
+        optional = (*sometimes, "user") if "uid" in sometimes else sometimes
         then: Schema = {"propertyNames": {"enum": [*_EVENT_COMMON, "comm", *always,
-                                                   *sometimes]}}
+                                                   *optional]}}
         if always:
             then["required"] = list(always)
         if kind in legacy:
@@ -230,6 +233,8 @@ def _root_props(members: Schema) -> dict[str, Schema]:
                                "stream from here with `/api/v1/events?since=NAME:SEQ`."},
         "select": {"type": "string", "enum": list(SELECT_KINDS)},
         "match": _STR,
+        "include_root": {"type": "boolean",
+                         "description": "Whether the instances themselves are members."},
         "up": {"type": "boolean", "description": "A process matching the root is alive."},
         "instances": {"type": "array", "items": _ref("Instance")},
         "members": members,
@@ -244,8 +249,9 @@ def _root_props(members: Schema) -> dict[str, Schema]:
     }
 
 
-_ROOT_REQUIRED = ("name", "seq", "select", "match", "up", "instances", "members", "classes",
-                  "spawned_total", "exited_total", "restarts_total", "truncated", "warnings")
+_ROOT_REQUIRED = ("name", "seq", "select", "match", "include_root", "up", "instances",
+                  "members", "classes", "spawned_total", "exited_total", "restarts_total",
+                  "truncated", "warnings")
 
 
 def _schemas() -> dict[str, Schema]:

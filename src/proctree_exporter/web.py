@@ -304,7 +304,8 @@ def _root_doc(m: RootMirror) -> dict[str, Any]:
     assert spec is not None
     count = len(m.members)
     return {
-        "name": m.name, "seq": m.seq, "select": spec.select, "match": spec.match, "up": m.up,
+        "name": m.name, "seq": m.seq, "select": spec.select, "match": spec.match,
+        "include_root": spec.include_root, "up": m.up,
         "instances": [{"pid": i.pid, "start_ticks": i.start_ticks, "comm": i.comm,
                        "started_at": i.started_at} for i in m.instances.values()],
         "members": count, "classes": m.class_counts(),
@@ -315,9 +316,12 @@ def _root_doc(m: RootMirror) -> dict[str, Any]:
 
 
 def event_doc(ev: RootEvent) -> dict[str, Any]:
-    """An event as the JSON API shows it: its fields (see :mod:`.events`), and for
-    class changes, restarts and actions the ``old`` and ``new`` of the first API."""
+    """An event as the JSON API shows it: its fields (see :mod:`.events`), ``user``
+    beside ``uid``, and for class changes, restarts and actions the ``old`` and
+    ``new`` of the first API."""
     doc = ev.to_dict()
+    if ev.uid is not None:
+        doc["user"] = USER_NAMES(ev.uid)
     if ev.kind is EventKind.CLASS:
         doc["old"], doc["new"] = ev.old_class, ev.new_class
     elif ev.kind is EventKind.ACTION:

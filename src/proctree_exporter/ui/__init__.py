@@ -2,7 +2,9 @@
 
 Everything the page needs ships in this package (no CDN, no build step), so it
 works on air-gapped hosts. The page itself is static; it reads the JSON API
-(``/api/v1/roots``, ``/api/v1/roots/{name}``, ``/api/v1/ancestors``) by polling.
+(``/api/v1/roots``, ``/api/v1/roots/{name}``, ``/api/v1/ancestors``) and follows the
+selected root's ``/api/v1/events`` stream from the document's ``seq``, polling the
+document once a second only when the stream is unavailable.
 """
 
 from __future__ import annotations

@@ -1,16 +1,31 @@
 // proctree-exporter tree page.
 //
-// Polls the exporter's own JSON API (same origin, so the same TLS and basic auth as
+// Reads the exporter's own JSON API (same origin, so the same TLS and basic auth as
 // /metrics) and draws one root's processes by fork lineage. No dependencies and no
 // build step: the page must work on air-gapped hosts.
 //
-// Scale: each poll rebuilds the lineage index in O(members) (a few ms for thousands),
-// but only the rows in view exist in the DOM (a virtual scroller), and a row's DOM is
-// rewritten only when what it shows changed.
+// Following a root: fetch its document (/api/v1/roots/NAME, true at change-log
+// position "seq"), then follow its event stream (/api/v1/events?root=NAME&since=NAME:SEQ)
+// and apply each event to the page's model, so a forked process shows within a frame.
+// A reset, a gap or a broken stream: refetch the document and resubscribe from its seq.
+// No seq in the document, or a stream that keeps failing (404, 503, errors): poll the
+// document once a second, as before, and try the stream again later. The status line
+// says which (data-mode: stream, connecting, polling or paused).
+//
+// Scale: the lineage index is rebuilt in O(members) (a few ms for thousands) at most
+// once per animation frame however many events arrived (and less often when it is
+// slow), only the rows in view exist in the DOM (a virtual scroller), and a row's DOM
+// is rewritten only when what it shows changed.
 "use strict";
 (() => {
   const POLL_MS = 1000;
   const MAX_BACKOFF_MS = 5000;  // while the exporter is unreachable
+  const ROOTS_MS = 30000;       // while streaming: the other roots' counts, refreshed slowly
+  const STREAM_RETRY_MS = 30000;  // polling after the stream failed: try it again after this
+  const STREAM_OPEN_MS = 10000;  // a stream not open after this has failed
+  const STREAM_FAILS = 3;       // stream failures within a minute before falling back to polling
+  const MAX_RESETS = 5;         // resets within 30 s before falling back to polling
+  const HISTORY = 100;          // recent changes and events kept from the stream (as the server)
   const ROW_H = 22;             // px, the --row-h of app.css
   const OVERSCAN = 12;          // rows drawn above and below the view
   const MAX_RECENT = 200;
@@ -20,6 +35,9 @@
   const SIGNALS = { 1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 6: "SIGABRT", 7: "SIGBUS",
     8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2", 13: "SIGPIPE",
     14: "SIGALRM", 15: "SIGTERM" };
+  // the SSE event names of /api/v1/events (see docs: the stream's wire format)
+  const KINDS = ["joined", "exec", "reparented", "exited", "class", "action", "restart", "root_up",
+    "root_down", "root_removed", "left", "reset", "lost", "message"];
 
   const $ = (id) => document.getElementById(id);
   function el(tag, cls, text) {
@@ -32,7 +50,13 @@
   const S = {
     roots: [],
     rootName: null,
-    doc: null,
+    doc: null,          // the root's document: its header fields, recent changes, events
+    live: new Map(),    // "pid:start_ticks" -> member: live, listed
+    gone: new Map(),    // "pid:start_ticks" -> member: exited and still kept (zombies too)
+    instances: new Map(),
+    exitWords: new Map(),  // key -> how it exited, in words (a reaped zombie's reason again)
+    includeRoot: true,  // whether the root's instances are listed
+    seq: null,          // the change-log position the model is true at (null: unknown)
     nodes: new Map(),   // "pid:start_ticks" -> node
     tops: [],
     order: [],          // every node, pre-order
@@ -50,6 +74,19 @@
     failures: 0,
     error: null,
     lastOk: 0,
+    es: null,           // the EventSource while following the stream
+    esOpen: false,
+    esUrl: "",
+    streamOff: "",      // why the page polls instead of streaming
+    streamRetryAt: 0,   // Date.now() from which the stream may be tried again
+    streamErrors: [],   // Date.now() of recent stream failures
+    resets: [],         // Date.now() of recent resets
+    applied: 0,         // events applied from the stream
+    resyncs: 0,         // refetches after a reset, a gap or a broken stream
+    touched: new Set(), // keys changed since the last frame
+    restructured: false,
+    frameQueued: false,
+    lastFrame: 0,
     skewLo: -Infinity,  // server clock minus ours lies in [skewLo, skewHi] (ms)
     skewHi: Infinity,
     recentSig: "",
@@ -99,6 +136,16 @@
     return "";
   }
 
+  // the exporter's sentence for how a process ended (classification.exit_reason)
+  function exitReason(m) {
+    const who = "process " + m.pid + " (" + (m.comm || "?") + ")";
+    if (m.exit_signal !== null && m.exit_signal !== undefined) {
+      return who + " was killed by " + (SIGNALS[m.exit_signal] || "signal " + m.exit_signal);
+    }
+    if (m.exit_code !== null && m.exit_code !== undefined) return who + " exited with code " + m.exit_code;
+    return who + " is gone; its exit was not observed (lost events)";
+  }
+
   // ---- fetching ----------------------------------------------------------------------
 
   async function getJSON(path) {
@@ -117,6 +164,8 @@
     return res.json();
   }
 
+  // Fetches the roots and the selected root's document; then follows the root's event
+  // stream if it can (and stops polling), else polls again in a second.
   async function poll() {
     const gen = ++S.gen;
     clearTimeout(S.timer);
@@ -132,8 +181,11 @@
       S.error = null;
       S.polls += 1;
       S.lastOk = Date.now();
+      if (doc && name === S.rootName) {
+        setDoc(doc);
+        follow(name);
+      }
       renderRoots();
-      if (doc && name === S.rootName) setDoc(doc);
     } catch (err) {
       if (gen !== S.gen) return;
       S.failures += 1;
@@ -150,24 +202,375 @@
   function schedule() {
     clearTimeout(S.timer);
     if (S.paused || document.hidden) return;
+    if (S.es) {  // the stream keeps the selected root current; the others' counts, slowly
+      S.timer = setTimeout(refreshRoots, ROOTS_MS);
+      return;
+    }
     const wait = S.failures ? Math.min(MAX_BACKOFF_MS, POLL_MS * 2 ** Math.min(S.failures, 3)) : POLL_MS;
     S.timer = setTimeout(poll, wait);
+  }
+
+  async function refreshRoots() {
+    const gen = S.gen;
+    try {
+      const list = await getJSON("/api/v1/roots");
+      if (gen !== S.gen) return;
+      S.roots = list.roots || [];
+      renderRoots();
+    } catch (_) {
+      // the stream says whether the exporter is reachable; try again next round
+    }
+    if (gen === S.gen) schedule();
+  }
+
+  // ---- following the event stream ------------------------------------------------------
+
+  // Subscribe to the root's events after the position the model is true at, unless the
+  // document has no position or the stream failed lately (then the polls go on).
+  function follow(name) {
+    if (S.paused || document.hidden || S.es) return;
+    if (S.seq === null) {
+      S.streamOff = "the exporter's documents carry no seq";
+      return;
+    }
+    if (Date.now() < S.streamRetryAt) return;
+    openStream(name, S.seq);
+  }
+
+  function openStream(name, seq) {
+    closeStream();
+    const url = location.origin + "/api/v1/events?root=" + encodeURIComponent(name) +
+      "&since=" + encodeURIComponent(name + ":" + seq);
+    let es;
+    try {
+      es = new EventSource(url);  // same origin: the page's credentials go along
+    } catch (err) {
+      fallBack("cannot open the event stream: " + (err.message || err), STREAM_RETRY_MS);
+      return;
+    }
+    S.es = es;
+    S.esOpen = false;
+    S.esUrl = url;
+    // a stream that neither opens nor fails (a proxy holding it): as good as failed
+    setTimeout(() => { if (es === S.es && !S.esOpen) streamFailed(es, null); }, STREAM_OPEN_MS);
+    es.onopen = () => {
+      if (es !== S.es) return;
+      S.esOpen = true;
+      S.streamOff = "";
+      S.error = null;
+      S.lastOk = Date.now();
+      renderStatus();
+    };
+    const onFrame = (e) => frameArrived(es, e);
+    for (const kind of KINDS) es.addEventListener(kind, onFrame);
+    // both a broken connection and the server's own `event: error` frame (a cut-off)
+    es.addEventListener("error", (e) => streamFailed(es, e));
+    schedule();
+    renderStatus();
+  }
+
+  function closeStream() {
+    if (!S.es) return;
+    S.es.close();
+    S.es = null;
+    S.esOpen = false;
+  }
+
+  function frameArrived(es, e) {
+    if (es !== S.es) return;
+    let ev;
+    try { ev = JSON.parse(e.data); } catch (_) { return; }
+    if (!ev || typeof ev !== "object" || (ev.root !== undefined && ev.root !== S.rootName)) return;
+    if (ev.kind === "reset" || ev.kind === "lost") {
+      // events were dropped before we saw them: the model is stale
+      const now = Date.now();
+      S.resets = S.resets.filter((t) => now - t < 30000);
+      S.resets.push(now);
+      if (S.resets.length >= MAX_RESETS) {
+        fallBack("the stream was reset " + S.resets.length + " times in 30 s", STREAM_RETRY_MS);
+      } else {
+        resync();
+      }
+      return;
+    }
+    if (typeof ev.seq === "number" && S.seq !== null) {
+      if (ev.seq <= S.seq) return;  // already in the model
+      if (ev.seq !== S.seq + 1) { resync(); return; }  // a gap: never expected, but never ignored
+      S.seq = ev.seq;
+    }
+    apply(ev);
+    S.applied += 1;
+    S.lastOk = Date.now();
+    if (ev.kind === "root_removed") {  // the stream ends here; the next document says why
+      resync();
+      return;
+    }
+    queueFrame();
+  }
+
+  async function streamFailed(es, e) {
+    if (es !== S.es) return;
+    const opened = S.esOpen;
+    const url = S.esUrl;
+    let why = "";
+    if (e && typeof e.data === "string") {  // the server's cut-off frame (slow, shutdown)
+      try {
+        const j = JSON.parse(e.data);
+        why = "the exporter ended the stream (" + (j.reason || "?") + ")";
+      } catch (_) { why = "the exporter ended the stream"; }
+    }
+    closeStream();
+    const now = Date.now();
+    S.streamErrors = S.streamErrors.filter((t) => now - t < 60000);
+    S.streamErrors.push(now);
+    if (!opened && !why) {
+      // refused before it started: ask why (EventSource does not tell the status)
+      const gen = S.gen;
+      const probe = await probeStream(url);
+      if (gen !== S.gen || S.es || S.paused) return;
+      if (probe.status === 404 || probe.status === 503 || probe.status === 401 || probe.status === 403) {
+        fallBack("event stream: " + probe.msg, probe.status === 503 ? STREAM_RETRY_MS : 2 * STREAM_RETRY_MS);
+        return;
+      }
+      why = probe.status ? "event stream: " + probe.msg : "the event stream failed";
+    }
+    if (S.streamErrors.length >= STREAM_FAILS) {
+      fallBack((why || "the event stream broke") + ", " + S.streamErrors.length + " times in a minute",
+        STREAM_RETRY_MS);
+      return;
+    }
+    S.streamOff = why || "the event stream broke";
+    renderStatus();
+    resync(250 * S.streamErrors.length);
+  }
+
+  // The status of GET url, without waiting for a body that would never end.
+  async function probeStream(url) {
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), 5000);
+    try {
+      const res = await fetch(url, { cache: "no-store", credentials: "same-origin", signal: ctl.signal });
+      let msg = res.status + " " + res.statusText;
+      if (!res.ok) {
+        try { const j = await res.json(); if (j && j.error) msg = res.status + " " + j.error; } catch (_) { /* not JSON */ }
+      }
+      return { status: res.status, msg };
+    } catch (err) {
+      return { status: 0, msg: err.message || String(err) };
+    } finally {
+      clearTimeout(timer);
+      ctl.abort();
+    }
+  }
+
+  // Poll instead, and try the stream again after retryMs.
+  function fallBack(why, retryMs) {
+    closeStream();
+    S.streamOff = why;
+    S.streamRetryAt = Date.now() + retryMs;
+    renderStatus();
+    schedule();
+  }
+
+  // Refetch the document and resubscribe from its seq.
+  function resync(delayMs) {
+    closeStream();
+    S.resyncs += 1;
+    clearTimeout(S.timer);
+    if (S.paused || document.hidden) return;
+    S.gen += 1;  // answers to older requests no longer apply
+    if (delayMs) S.timer = setTimeout(poll, delayMs); else poll();
+  }
+
+  // ---- applying events to the model --------------------------------------------------------
+
+  function listed(depth) { return depth > 0 || S.includeRoot; }
+
+  function memberOf(ev) {
+    const m = { pid: ev.pid, start_ticks: ev.start_ticks, comm: ev.comm ?? null, exe: ev.exe ?? null,
+      user: ev.user ?? (ev.uid === null || ev.uid === undefined ? "?" : String(ev.uid)),
+      ppid: ev.ppid ?? 0, lineage_ppid: ev.lineage_ppid ?? null, lineage_known: Boolean(ev.lineage_known),
+      lineage_source: ev.lineage_source || "", depth: ev.depth || 0, class: "healthy", reason: "",
+      started_at: ev.started_at || ev.ts, exited_at: null, exit_code: null, exit_signal: null };
+    if (ev.cmdline !== undefined && ev.cmdline !== null) m.cmdline = ev.cmdline;
+    return m;
+  }
+
+  function keep(list, item) {
+    list.push(item);
+    if (list.length > HISTORY) list.splice(0, list.length - HISTORY);
+  }
+
+  function update(k, changes) {
+    for (const table of [S.live, S.gone, S.instances]) {
+      const m = table.get(k);
+      if (m) table.set(k, Object.assign({}, m, changes));
+    }
+  }
+
+  // What the exporter's own mirror of the root does with the event (mirror.py).
+  function apply(ev) {
+    const d = S.doc;
+    if (!d) return;
+    const k = keyOf(ev);
+    const c = d.classes;
+    const bump = (cls, by) => { c[cls] = Math.max(0, (c[cls] || 0) + by); };
+    switch (ev.kind) {
+      case "joined": {
+        const m = memberOf(ev);
+        if (m.depth === 0) {
+          S.instances.set(k, { pid: m.pid, start_ticks: m.start_ticks, comm: m.comm, started_at: m.started_at });
+        }
+        if (listed(m.depth) && !S.live.has(k)) {
+          S.live.set(k, m);
+          bump("healthy", 1);
+          d.spawned_total += 1;
+          keep(d.recent, Object.assign({ event: "added" }, m));
+        }
+        S.restructured = true;
+        break;
+      }
+      case "exec": {
+        const changes = { comm: ev.comm ?? null, exe: ev.exe || null };
+        if (ev.cmdline !== undefined && ev.cmdline !== null) changes.cmdline = ev.cmdline;
+        update(k, changes);
+        break;
+      }
+      case "reparented":
+        update(k, { ppid: ev.ppid ?? 0 });
+        break;
+      case "exited": {
+        S.instances.delete(k);
+        const m = S.live.get(k);
+        if (m) {
+          S.live.delete(k);
+          bump(m.class === "orphaned" ? "orphaned" : "healthy", -1);
+          d.exited_total += 1;
+          const words = ev.reason || exitReason(Object.assign({}, ev, { comm: m.comm }));
+          S.exitWords.set(k, words);
+          const info = Object.assign({}, m, { class: "exited", reason: words, exited_at: ev.ts,
+            exit_code: ev.exit_code ?? null, exit_signal: ev.exit_signal ?? null });
+          S.gone.set(k, info);
+          keep(d.recent, Object.assign({ event: "removed" }, info));
+        }
+        S.restructured = true;
+        break;
+      }
+      case "class": {
+        const to = ev.new_class || "healthy";
+        const m = S.live.get(k);
+        if (m) {
+          bump(m.class, -1);
+          bump(to, 1);
+          S.live.set(k, Object.assign({}, m, { class: to, reason: ev.reason || "", ppid: ev.ppid ?? m.ppid }));
+        } else {
+          const g = S.gone.get(k);
+          if (g) {
+            bump("zombie", (to === "zombie" ? 1 : 0) - (g.class === "zombie" ? 1 : 0));
+            const reason = to === "exited" ? (S.exitWords.get(k) || exitReason(g)) : (ev.reason || "");
+            S.gone.set(k, Object.assign({}, g, { class: to, reason }));
+          }
+        }
+        keep(d.events, ev);
+        break;
+      }
+      case "left":
+        if (S.gone.delete(k)) S.restructured = true;
+        S.exitWords.delete(k);
+        break;
+      case "restart":
+        d.restarts_total += 1;
+        keep(d.events, ev);
+        break;
+      case "action":
+        keep(d.events, ev);
+        break;
+      case "root_up":
+        d.up = true;
+        d.warnings = [];
+        break;
+      case "root_down":
+        d.up = false;
+        break;
+      default:
+        break;
+    }
+    S.touched.add(k);
+  }
+
+  // One redraw for every event that arrived since the last: at most one per animation
+  // frame, and less often while a redraw costs more than a few ms (a big tree in a storm).
+  function queueFrame() {
+    if (S.frameQueued) return;
+    S.frameQueued = true;
+    const wait = S.lastFrame + Math.min(100, 4 * (S.buildMs + S.renderMs)) - performance.now();
+    const go = () => requestAnimationFrame(drawFrame);
+    if (wait > 0) setTimeout(go, wait); else go();
+  }
+
+  function drawFrame() {
+    S.frameQueued = false;
+    S.lastFrame = performance.now();
+    if (!S.doc) return;
+    const details = S.restructured || (S.selected !== null && S.touched.has(S.selected));
+    S.touched.clear();
+    S.restructured = false;
+    rebuild();
+    renderHead();
+    refresh();
+    renderRecent();
+    if (details) renderDetails();
+    renderRoots();
+    renderStatus();
   }
 
   // ---- the lineage index ---------------------------------------------------------------
 
   function keyOf(m) { return m.pid + ":" + m.start_ticks; }
 
+  // The root's document becomes the page's model; the stream's events after doc.seq
+  // change the model, and the index below is rebuilt from it.
   function setDoc(doc) {
-    const t0 = performance.now();
+    const live = new Map();
+    const gone = new Map();
+    for (const m of doc.members || []) {
+      // members lists the live ones, then zombies (exited, unreaped)
+      const k = keyOf(m);
+      if (m.class === "zombie" || m.class === "exited") gone.set(k, m); else live.set(k, m);
+    }
+    for (const m of doc.tombstones || []) if (!live.has(keyOf(m)) && !gone.has(keyOf(m))) gone.set(keyOf(m), m);
+    const instances = new Map((doc.instances || []).map((i) => [keyOf(i), i]));
+    doc.classes = Object.assign({ healthy: 0, orphaned: 0, zombie: 0 }, doc.classes);
+    doc.recent = doc.recent || [];
+    doc.events = doc.events || [];
     S.doc = doc;
+    S.live = live;
+    S.gone = gone;
+    S.instances = instances;
+    S.exitWords = new Map();
+    S.seq = typeof doc.seq === "number" ? doc.seq : null;
+    // instances are listed unless the root says include_root: false
+    if (typeof doc.include_root === "boolean") S.includeRoot = doc.include_root;
+    else if (instances.size) S.includeRoot = [...instances.keys()].some((k) => live.has(k));
+    else S.includeRoot = true;
+    S.touched.clear();
+    S.restructured = false;
+    rebuild();
+    renderHead();
+    refresh();
+    renderRecent();
+    renderDetails();
+  }
+
+  function rebuild() {
+    const t0 = performance.now();
     const nodes = new Map();
     const add = (m, gone) => {
       const k = keyOf(m);
-      if (!nodes.has(k)) nodes.set(k, { k, m, gone, kids: [], parent: null, depth: 0, size: 1, bad: 0, hay: null });
+      if (!nodes.has(k)) nodes.set(k, { k, m, gone, kids: [], parent: null, depth: 0, size: 1, bad: 0 });
     };
-    for (const m of doc.members || []) add(m, m.class === "exited");
-    for (const m of doc.tombstones || []) add(m, true);
+    for (const m of S.live.values()) add(m, false);
+    for (const m of S.gone.values()) add(m, m.class !== "zombie");
     // a child's fork parent is the listed process with its lineage_ppid that started
     // no later than the child (a pid can be held by an exited parent and a newer stranger)
     const byPid = new Map();
@@ -226,21 +629,20 @@
     S.tops = tops;
     S.order = order;
     S.buildMs = performance.now() - t0;
-    renderHead();
-    refresh();
-    renderRecent();
-    renderDetails();
   }
 
   // ---- filtering and flattening --------------------------------------------------------
 
+  const HAY = new WeakMap();  // member -> its searchable text (a changed member is a new object)
   function hay(n) {
-    if (n.hay === null) {
-      const m = n.m;
-      n.hay = [m.pid, m.comm, m.user, m.class, LABELS[m.class] || "", m.depth === 0 ? "root" : "",
+    const m = n.m;
+    let h = HAY.get(m);
+    if (h === undefined) {
+      h = [m.pid, m.comm, m.user, m.class, LABELS[m.class] || "", m.depth === 0 ? "root" : "",
         m.exe || "", m.cmdline || "", m.reason || ""].join(" ").toLowerCase();
+      HAY.set(m, h);
     }
-    return n.hay;
+    return h;
   }
 
   function flatten() {
@@ -399,16 +801,26 @@
 
   // ---- drawing: roots, header, status -------------------------------------------------------
 
+  // the selected root's row as the page's model has it (current between list fetches)
+  function rootsShown() {
+    const d = S.doc;
+    if (!d || d.name !== S.rootName) return S.roots;
+    const c = d.classes;
+    return S.roots.map((r) => (r.name !== d.name ? r : Object.assign({}, r, {
+      up: d.up, members: (c.healthy || 0) + (c.orphaned || 0), classes: Object.assign({}, r.classes, c) })));
+  }
+
   function renderRoots() {
     const box = $("roots");
-    const sig = JSON.stringify(S.roots.map((r) => [r.name, r.up, r.members, r.classes])) + S.rootName;
+    const roots = rootsShown();
+    const sig = JSON.stringify(roots.map((r) => [r.name, r.up, r.members, r.classes])) + S.rootName;
     if (box._sig === sig) return;
     box._sig = sig;
     const table = el("table");
     const head = el("tr");
     for (const h of ["root", "up", "members", "orphan", "zombie"]) head.appendChild(el("th", null, h));
     table.appendChild(head);
-    for (const r of S.roots) {
+    for (const r of roots) {
       const tr = el("tr", "root-row" + (r.name === S.rootName ? " selected" : ""));
       tr.dataset.root = r.name;
       const name = el("td", "name");
@@ -454,8 +866,9 @@
     if (!doc.up) h.appendChild(el("span", "badge b-zombie", "down"));
     const facts = el("div", "facts");
     facts.appendChild(el("span", null, "select " + doc.select + " = " + JSON.stringify(doc.match)));
-    const inst = (doc.instances || []).map((i) => i.pid + " (" + (i.comm || "?") + ")").join(", ");
-    facts.appendChild(el("span", null, "instance" + ((doc.instances || []).length === 1 ? " " : "s ") + (inst || "none")));
+    const insts = [...S.instances.values()];
+    const inst = insts.map((i) => i.pid + " (" + (i.comm || "?") + ")").join(", ");
+    facts.appendChild(el("span", null, "instance" + (insts.length === 1 ? " " : "s ") + (inst || "none")));
     const c = doc.classes || {};
     const live = (c.healthy || 0) + (c.orphaned || 0);  // zombies have exited: not live
     facts.appendChild(el("span", null, live + " live: " + (c.healthy || 0) + " healthy, " +
@@ -471,22 +884,42 @@
     facts.appendChild(api);
     const parts = [h, facts];
     if (doc.truncated) {
-      const listed = (doc.members || []).filter((m) => m.class === "healthy" || m.class === "orphaned").length;
-      parts.push(el("p", "warn", "Listing capped: " + listed + " of " + live +
+      const shown = S.live.size;
+      parts.push(el("p", "warn", "Listing capped: " + shown + " of " + live +
         " live members shown (raise max_members for this root)."));
     }
     for (const w of doc.warnings || []) parts.push(el("p", "warn", w));
     head.replaceChildren(...parts);
   }
 
+  // how the selected root is followed: stream, connecting, polling or paused
+  function mode() {
+    if (S.paused) return "paused";
+    if (S.es) return S.esOpen ? "stream" : "connecting";
+    return "polling";
+  }
+
   function renderStatus() {
     const st = $("status");
+    const md = mode();
     st.dataset.polls = S.polls;
-    st.className = "status " + (S.error ? "error" : S.paused ? "paused" : "live");
-    if (S.error) st.textContent = "cannot reach the exporter: " + S.error + " (retrying)";
-    else if (S.paused) st.textContent = "paused · last update " + clock(S.lastOk / 1000);
-    else st.textContent = "live · updated " + clock(S.lastOk / 1000);
-    st.title = "index " + S.buildMs.toFixed(1) + " ms · flatten+draw " + S.renderMs.toFixed(1) + " ms · " +
+    st.dataset.mode = md;
+    st.dataset.events = S.applied;
+    st.dataset.resyncs = S.resyncs;
+    st.dataset.seq = S.seq === null ? "" : S.seq;
+    const broken = S.error && md !== "stream" && md !== "paused";
+    st.className = "status " + (broken ? "error" : md);
+    const at = clock(S.lastOk / 1000);
+    let text;
+    if (broken) text = "cannot reach the exporter: " + S.error + " (retrying)";
+    else if (md === "paused") text = "paused · last update " + at;
+    else if (md === "stream") text = "live stream · updated " + at;
+    else if (md === "connecting") text = "connecting to the live stream…";
+    else text = "polling every " + POLL_MS / 1000 + " s" + (S.rootName && S.streamOff ? " (" + S.streamOff + ")" : "") +
+      " · updated " + at;
+    if (st.textContent !== text) st.textContent = text;
+    st.title = (md === "stream" ? "following " + S.rootName + " at seq " + S.seq + " · " + S.applied + " events applied · " : "") +
+      "index " + S.buildMs.toFixed(1) + " ms · flatten+draw " + S.renderMs.toFixed(1) + " ms · " +
       S.order.length + " processes";
     $("pause").textContent = S.paused ? "Resume" : "Pause";
   }
@@ -624,8 +1057,17 @@
 
   function selectRoot(name) {
     if (name === S.rootName) return;
+    closeStream();
     S.rootName = name;
     S.doc = null;
+    S.seq = null;
+    S.live = new Map();
+    S.gone = new Map();
+    S.instances = new Map();
+    S.streamOff = "";
+    S.streamRetryAt = 0;
+    S.streamErrors = [];
+    S.resets = [];
     S.nodes = new Map();
     S.order = [];
     S.rows = [];
@@ -744,10 +1186,25 @@
     pause.hidden = false;
     pause.addEventListener("click", () => {
       S.paused = !S.paused;
-      if (S.paused) clearTimeout(S.timer); else poll();
+      if (S.paused) {
+        clearTimeout(S.timer);
+        S.gen += 1;  // an answer on its way is not drawn either
+        closeStream();
+      } else {
+        poll();  // a fresh document, then the stream from its seq
+      }
       renderStatus();
     });
-    document.addEventListener("visibilitychange", () => { if (!document.hidden && !S.paused) poll(); });
+    document.addEventListener("visibilitychange", () => {
+      // a hidden page neither polls nor holds a stream; shown again, it catches up
+      if (document.hidden) {
+        clearTimeout(S.timer);
+        closeStream();
+        renderStatus();
+      } else if (!S.paused) {
+        poll();
+      }
+    });
     // the ages tick between polls too
     setInterval(() => { if (S.doc && !S.paused) draw(); }, 1000);
   }
