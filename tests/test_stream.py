@@ -12,13 +12,14 @@ from proctree_exporter.stream import frame, parse_cursor, response_head
 @pytest.mark.parametrize(("text", "roots", "want"), [
     ("", None, {}),
     ("  ", ["a"], {}),
-    ("web:41", None, {"web": 41}),
-    ("web:41,db:7", None, {"web": 41, "db": 7}),
-    ("ns:web:3", None, {"ns:web": 3}),  # names may hold ':', the seq is after the last
-    ("12", ["web"], {"web": 12}),
-    (" web:0 , db:5 ", ["web", "db"], {"web": 0, "db": 5}),
+    ("web:41", None, {"web": (41, None)}),
+    ("web:41@0a9f3c,db:7@ffffff", None, {"web": (41, "0a9f3c"), "db": (7, "ffffff")}),
+    ("ns:web:3", None, {"ns:web": (3, None)}),  # names may hold ':', the seq is after the last
+    ("12", ["web"], {"web": (12, None)}),
+    (" web:0 , db:5 ", ["web", "db"], {"web": (0, None), "db": (5, None)}),
 ])
-def test_cursors_parse(text: str, roots: list[str] | None, want: dict[str, int]) -> None:
+def test_cursors_parse(text: str, roots: list[str] | None,
+                       want: dict[str, tuple[int, str | None]]) -> None:
     assert parse_cursor(text, roots) == want
 
 
@@ -30,6 +31,8 @@ def test_cursors_parse(text: str, roots: list[str] | None, want: dict[str, int])
     (":5", None, "NAME:SEQ"),
     ("web:-1", None, "NAME:SEQ"),
     ("web:1,", None, "NAME:SEQ"),
+    ("web:1@", None, "NAME:SEQ"),
+    ("web:1@a-b", None, "NAME:SEQ"),
 ])
 def test_bad_cursors_say_what_is_expected(text: str, roots: list[str] | None,
                                           match: str) -> None:

@@ -51,6 +51,7 @@ class Stream:
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         sock.sendall(f"GET /api/v1/events{query} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
         self.buf = b""
+        self.last_id: str | None = None  # as a browser keeps it: id-only frames count
         self.eof = False
         self.status = 0
         self.head = b""
@@ -76,6 +77,9 @@ class Stream:
         while not until(got):
             while b"\n\n" in self.buf:
                 raw, self.buf = self.buf.split(b"\n\n", 1)
+                for line in raw.decode().split("\n"):
+                    if line.startswith("id: "):
+                        self.last_id = line[4:]
                 f = parse_frame(raw)
                 if f is not None:
                     got.append(f)
@@ -159,8 +163,9 @@ def test_a_client_that_resumes_mid_storm_gets_every_event_exactly_once(
     assert len(joined) == doc["spawned_total"] == 1501  # the holder and its 1,500 children
     assert len(exited) == doc["exited_total"] == 1500
     assert all(e["exit_code"] == 0 for e in exited)
-    # ids are cursors: each names the root and the seq of its frame
-    assert all(f["id"] == f"storm:{f['data']['seq']}" for f in part1 + part2)
+    # ids are cursors: each names the root, the seq of its frame and the log's epoch
+    (epoch,) = {f["id"].rpartition("@")[2] for f in part1 + part2}
+    assert all(f["id"] == f"storm:{f['data']['seq']}@{epoch}" for f in part1 + part2)
 
 
 def test_a_stalled_client_is_cut_off_while_others_keep_receiving(
@@ -254,10 +259,29 @@ def test_filters_errors_reset_and_shutdown(janitor: Janitor, tmp_path: Path) -> 
     assert reset["event"] == "reset"
     assert reset["data"]["lost"] == doc["seq"] - 10 == reset["data"]["seq"]
     assert seqs(frames[1:]) == list(range(doc["seq"] - 9, doc["seq"] + 1))
+    late.close()
+    # a cursor from an earlier log of the root (another epoch, or ahead of this log):
+    # a reset that says so, then the log from its start
+    epoch = got[-1]["id"].rpartition("@")[2]  # storm's (small has a log of its own)
+    for cursor in (f"storm:3@{'0' if epoch != '000000' else '1'}00000", "storm:999999"):
+        again = Stream(d.port, "?root=storm", {"Last-Event-ID": cursor})
+        assert again.read_head() == 200
+        first = again.frames(lambda fs: len(fs) >= 2)
+        assert first[0]["event"] == "reset" and first[0]["data"]["restarted"] is True, cursor
+        assert first[1]["data"]["seq"] == 1, cursor
+        again.close()
+    # events a client filtered out still move its cursor: an id-only frame says so
+    downs = Stream(d.port, "?root=storm&kinds=root_down")
+    assert downs.read_head() == 200
+    before = d.json("/api/v1/roots/storm")["seq"]
+    fork(holder, 3)
+    want = f"storm:{before + 6}@{epoch}"  # joined + exited for each child
+    downs.frames(lambda fs: downs.last_id == want, timeout=10)
+    assert downs.last_id == want
     # stopping the daemon ends every stream promptly, saying why
     t0 = time.monotonic()
     d.proc.send_signal(15)
-    for s in (exits, late):
+    for s in (exits, downs):
         tail = s.frames(lambda fs: bool(fs) and fs[-1]["event"] == "error", timeout=5)
         assert tail[-1]["data"]["reason"] == "shutdown"
         s.frames(lambda fs: False, timeout=5)
@@ -313,5 +337,5 @@ def test_the_readme_python_client_prints_exits(janitor: Janitor, tmp_path: Path)
     wait_for(lambda: value(d.metrics(), "proctree_event_streams_open") == 1)
     fork(holder, 2)
     lines = read_lines(client, 2)
-    assert [line.split()[0] for line in lines] == ["storm:4", "storm:6"]  # joined, exited x2
+    assert [line.split("@")[0] for line in lines] == ["storm:4", "storm:6"]  # joined, exited x2
     assert all(line.endswith("exited with code 0") for line in lines)

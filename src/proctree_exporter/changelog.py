@@ -14,6 +14,7 @@ of the core, so consumers never touch the tree, its lock or /proc.
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ class ChangeLog:
         self.root = root
         self.capacity = capacity
         self.seq = 0  # seq of the newest event; events are numbered from 1
+        # tells this log from an earlier one of the same root (before a restart of the
+        # exporter, or of the root by a reload), whose seqs meant other events
+        self.epoch = secrets.token_hex(3)
         self._ring: list[RootEvent] = []
 
     def append(self, event: RootEvent) -> None:

@@ -322,13 +322,21 @@ def _schemas() -> dict[str, Schema]:
                               ["pid", "start_ticks", "comm", "uid", "exited"]),
         "Event": _event_schema(),
         "ResetFrame": _obj({"kind": {"const": "reset"}, "root": _ref("RootName"),
-                            "lost": {"type": "integer", "minimum": 1},
+                            "lost": {"type": "integer", "minimum": 0,
+                                     "description": "Events known lost (0 with restarted: "
+                                                    "unknown)."},
                             "seq": {"type": "integer", "minimum": 0,
                                     "description": "The stream goes on after this seq."},
+                            "ts": _NUM,
+                            "restarted": {"const": True,
+                                          "description": "The cursor was from an earlier "
+                                                         "change log of the root (the "
+                                                         "exporter or the root restarted)."},
                             "reason": _STR},
-                           ["kind", "root", "lost", "seq", "reason"],
+                           ["kind", "root", "lost", "seq", "ts", "reason"],
                            description="`lost` events of the root fell off its change log "
-                                       "before they could be sent: refetch "
+                                       "before they could be sent, or (restarted) the cursor "
+                                       "belongs to an earlier log: refetch "
                                        "/api/v1/roots/{name}."),
         "ErrorFrame": _obj({"kind": {"const": "error"},
                             "reason": {"type": "string", "enum": list(ERROR_REASONS)},
@@ -340,7 +348,8 @@ def _schemas() -> dict[str, Schema]:
         "StreamData": {"oneOf": [_ref("Event"), _ref("ResetFrame"), _ref("ErrorFrame")],
                        "description": "The JSON of a frame's `data:` line (one line)."},
         "StreamFrame": _obj({"id": {"type": "string", "description": "The stream's cursor "
-                                    "after this frame (absent on error frames)."},
+                                    "after this frame (absent on error frames; alone, "
+                                    "without data, after events a kinds filter left out)."},
                              "event": {"type": "string",
                                        "enum": [*STREAM_KINDS, "reset", "error"],
                                        "description": "The data's `kind`."},
@@ -351,12 +360,15 @@ def _schemas() -> dict[str, Schema]:
                             description="One Server-Sent-Events frame (the item schema of "
                                         "the text/event-stream response)."),
         "Cursor": {"type": "string",
-                   "pattern": r"^(\d+|[^,]+:\d+(,[^,]+:\d+)*)$",
+                   "pattern": r"^(\d+|[^,]+:\d+(@[0-9A-Za-z]+)?(,[^,]+:\d+(@[0-9A-Za-z]+)?)*)$",
                    "description": "Per root of the stream, the seq of the last event of it "
-                                  "the client has seen: NAME:SEQ tokens joined by `,` "
-                                  "(split each on its last `:`), e.g. `web:41,db:7`; a bare "
-                                  "SEQ when the stream has exactly one root. A root missing "
-                                  "from it starts from its first event held."},
+                                  "the client has seen and the epoch of its change log: "
+                                  "NAME:SEQ@EPOCH tokens joined by `,` (split each on its "
+                                  "last `:`), e.g. `web:41@9f2c1a,db:7@03be77`; the epoch "
+                                  "may be left out (NAME:SEQ, as built from a document's "
+                                  "seq); a bare SEQ when the stream has exactly one root. A "
+                                  "root missing from a cursor starts from its first event "
+                                  "held."},
     }
 
 
@@ -424,7 +436,7 @@ Server-Sent Events: every event of the chosen roots, in order per root, as it
 is written to the root's change log. The body starts with `retry: 2000`; then one
 frame per event:
 
-    id: web:42
+    id: web:42@9f2c1a
     event: exited
     data: {"kind":"exited","root":"web","seq":42,...}
 
@@ -432,7 +444,8 @@ frame per event:
 one line of JSON (`StreamData`: an `Event` as `/api/v1/roots/{name}` lists them, a
 `reset`, or a last `error` frame). A `reset` frame (sent whatever `kinds` says) means
 `lost` events of a root fell off its change log, at connect or because the client
-was too slow: refetch the root's state; the stream goes on after its `seq`. An
+was too slow, or (`restarted`) that the cursor is from an earlier change log of the
+root: refetch the root's state; the stream goes on after its `seq`. An
 `error` frame is the last before the server closes the stream (`slow`: more unsent
 than the client's bound; `shutdown`). A single-root stream ends after its
 `root_removed` event. A comment line `: keepalive` is sent after 15 s of silence.

@@ -10,10 +10,11 @@ bounded buffer, not a thread; a client too slow for the events is cut off with
 a final ``error`` frame and counted, and never holds up the collector or the
 other clients.
 
-The SSE ``id`` of each frame is the stream's cursor: ``NAME:SEQ`` per root,
-joined by ``,``. A client that reconnects with it (``Last-Event-ID`` or
-``?since=``) gets every event after it exactly once, or, when the cursor has
-fallen off a root's log, a ``reset`` frame saying how many were lost first.
+The SSE ``id`` of each frame is the stream's cursor: ``NAME:SEQ@EPOCH`` per
+root, joined by ``,`` (EPOCH tells the root's change log from one before a
+restart). A client that reconnects with it (``Last-Event-ID`` or ``?since=``)
+gets every event after it exactly once, or, when the cursor has fallen off a
+root's log or belongs to an earlier one, a ``reset`` frame first.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0  # a comment line on an idle stream keeps proxies from closing it
 RETRY_MS = 2000  # what EventSource clients wait before reconnecting
+ID_INTERVAL_S = 1.0  # at most this often, an id-only frame after filtered-out events
 MAX_BUFFER_BYTES = 1 << 20  # unsent bytes per client before it is cut off as too slow
 EVENTS_PER_ROUND = 1024  # per root and stream per hub round: fair to the other streams
 _ENCODED_KEEP = 65536  # events kept encoded, shared by every stream that sends them
@@ -59,22 +61,26 @@ class StreamStats:
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
 
 
-def parse_cursor(text: str, roots: list[str] | None) -> dict[str, int]:
-    """``NAME:SEQ,NAME:SEQ`` (or a bare SEQ for a stream of one root) -> {name: seq}.
-    Raises ValueError with what is wrong."""
+Cursor = dict[str, tuple[int, str | None]]  # root -> (seq, epoch of its log if known)
+
+
+def parse_cursor(text: str, roots: list[str] | None) -> Cursor:
+    """``NAME:SEQ[@EPOCH],...`` (or a bare SEQ for a stream of one root) ->
+    {name: (seq, epoch or None)}. Raises ValueError with what is wrong."""
     text = text.strip()
     if not text:
         return {}
     if text.isdigit():
         if roots is None or len(roots) != 1:
             raise ValueError("a bare number as cursor needs exactly one root=")
-        return {roots[0]: int(text)}
-    out: dict[str, int] = {}
+        return {roots[0]: (int(text), None)}
+    out: Cursor = {}
     for token in text.split(","):
-        name, sep, seq = token.strip().rpartition(":")
-        if not sep or not name or not seq.isdigit():
+        name, sep, position = token.strip().rpartition(":")
+        seq, at, epoch = position.partition("@")
+        if not sep or not name or not seq.isdigit() or (at and not epoch.isalnum()):
             raise ValueError(f"cursor {text[:200]!r}: expected NAME:SEQ[,NAME:SEQ...]")
-        out[name] = int(seq)
+        out[name] = (int(seq), epoch or None)
     return out
 
 
@@ -87,7 +93,8 @@ def frame(event: str, data: bytes, ident: str | None = None) -> bytes:
 class _Stream:
     """One client: its roots and cursors, kinds wanted, unsent bytes."""
 
-    __slots__ = ("closed", "cursors", "kinds", "last_write", "logs", "names", "out", "sock")
+    __slots__ = ("closed", "cursors", "id_at", "id_due", "kinds", "last_write", "logs",
+                 "names", "out", "sock")
 
     def __init__(self, sock: socket.socket, names: list[str] | None,
                  logs: dict[str, ChangeLog], cursors: dict[str, int],
@@ -102,9 +109,12 @@ class _Stream:
         self.out = bytearray(head)
         self.last_write = time.monotonic()
         self.closed = False
+        self.id_at = self.last_write  # when a frame last carried the cursor
+        self.id_due = False  # events were filtered out since: the cursor moved unseen
 
     def ident(self) -> str:
-        return ",".join(f"{n}:{s}" for n, s in self.cursors.items())
+        logs = self.logs
+        return ",".join(f"{n}:{s}@{logs[n].epoch}" for n, s in self.cursors.items())
 
 
 class StreamHub:
@@ -145,21 +155,37 @@ class StreamHub:
         with self._lock:
             self._count -= 1
 
-    def open(self, sock: socket.socket, names: list[str] | None, cursors: dict[str, int],
+    def open(self, sock: socket.socket, names: list[str] | None, cursors: Cursor,
              kinds: frozenset[str] | None, head: bytes) -> None:
-        """Serve a reserved stream on ``sock`` (the response head not yet sent) from
-        ``cursors`` (roots absent from it: from now). The hub owns ``sock`` from here."""
+        """Serve a reserved stream on ``sock`` (the response head not yet sent) after
+        ``cursors``: with none, from now; roots a resume cursor does not name, from
+        their first event held. The hub owns ``sock`` from here."""
         source = self.source
         logs: dict[str, ChangeLog] = {}
         start: dict[str, int] = {}
+        stale: list[str] = []
         for name in names if names is not None else source.root_names():
             try:
                 logs[name] = log_ = source.log(name)
             except KeyError:  # removed meanwhile: its stream shows nothing of it
                 continue
-            start[name] = cursors.get(name, log_.seq)
+            if name not in cursors:
+                start[name] = 0 if cursors else log_.seq
+                continue
+            seq, epoch = cursors[name]
+            if (epoch is not None and epoch != log_.epoch) or seq > log_.seq:
+                stale.append(name)  # from an earlier log: its seqs meant other events
+                seq = 0
+            start[name] = seq
         st = _Stream(sock, names, logs, start, kinds,
                      head + f"retry: {RETRY_MS}\n\n".encode())
+        for name in stale:
+            doc = {"kind": "reset", "root": name, "lost": 0, "seq": 0, "ts": time.time(),
+                   "restarted": True,
+                   "reason": f"the cursor of root {name} is from an earlier change log "
+                             f"(the exporter or the root restarted): what happened in "
+                             f"between is unknown; refetch the root's state"}
+            st.out += frame("reset", _line(doc), st.ident())
         with self._lock:
             self._incoming.append(st)
         source.wakeup.notify()
@@ -242,6 +268,11 @@ class StreamHub:
         are left unsent."""
         if self._fill(st) or st.closed:
             return False  # the stream ended
+        if st.id_due and now - st.id_at >= ID_INTERVAL_S:
+            # events the client filtered out moved its cursor: an id-only frame (no
+            # event is dispatched) keeps its Last-Event-ID current for a resume
+            st.out += f"id: {st.ident()}\n\n".encode()
+            st.id_due, st.id_at = False, now
         if not st.out and now - st.last_write >= self.heartbeat_s:
             st.out += b": keepalive\n\n"
         if st.out and not self._send(st, now):
@@ -271,6 +302,7 @@ class StreamHub:
                 cursor += lost
                 st.cursors[name] = cursor
                 doc = {"kind": "reset", "root": name, "lost": lost, "seq": cursor,
+                       "ts": time.time(),
                        "reason": f"{lost} events of root {name} fell off its change log "
                                  f"before they could be sent: refetch the root's state"}
                 st.out += frame("reset", _line(doc), st.ident())
@@ -279,10 +311,15 @@ class StreamHub:
                 if kinds is None or ev.kind in kinds:
                     st.out += frame(ev.kind, self._encoded_event(ev), st.ident())
                     sent += 1
+                    st.id_due = False
+                else:
+                    st.id_due = True
                 if ev.kind is EventKind.ROOT_REMOVED:
                     del st.cursors[name], st.logs[name]
                     break
         self.stats.events_sent += sent
+        if sent:
+            st.id_at = time.monotonic()
         if st.names is not None and not st.cursors:  # every root it followed is gone
             self._send(st, time.monotonic())
             self._close(st)

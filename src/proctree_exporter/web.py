@@ -145,7 +145,7 @@ class App:
         cursor_text = environ.get("HTTP_LAST_EVENT_ID") or (params.get("since") or [""])[0]
         cursors = parse_cursor(cursor_text, names)
         if names is not None:
-            cursors = {n: s for n, s in cursors.items() if n in names}
+            cursors = {n: c for n, c in cursors.items() if n in names}
         if environ.get("REQUEST_METHOD") == "HEAD":
             return respond("200 OK", b"", "text/event-stream; charset=utf-8")
         hijack = environ.get("proctree.hijack")
