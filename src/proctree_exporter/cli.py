@@ -1,4 +1,5 @@
-"""Command line: ``run`` (default), ``check-config``, ``tree``."""
+"""Command line: ``run`` (default), ``check-config``, ``tree``, ``watch`` (here, or of a
+remote exporter with ``--url``), ``capabilities``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .daemon import build, make_tree
 from .events import EventKind, RootEvent
 from .mirror import MemberInfo, member_from
 from .monitor import Monitor, MonitorError
+from .remote import RemoteWatch, Seed, Target
 from .tree import PidTree, ProcessView, TreeNode, forest
 from .web_config import WebConfigError, load_web_config
 
@@ -205,13 +207,17 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- watch ----------------------------------------------------------------------
+
 _LINE_KINDS = {EventKind.JOINED: "added", EventKind.EXITED: "removed",
                EventKind.EXEC: "exec", EventKind.CLASS: "class", EventKind.RESTART: "restart",
                EventKind.ACTION: "action", EventKind.LOST: "lost"}
 
 
-def event_line(ev: RootEvent, member: MemberInfo | None, *, as_json: bool) -> str | None:
-    """One ``watch`` line for ``ev`` (None for kinds watch does not print)."""
+def event_line(ev: RootEvent, member: MemberInfo | None, *, as_json: bool,
+               show_root: bool = False) -> str | None:
+    """One ``watch`` line for ``ev`` (None for kinds watch does not print). ``show_root``
+    puts the root's name in text lines, for a remote watch of several roots."""
     kind = _LINE_KINDS.get(ev.kind)
     if kind is None:
         return None
@@ -230,17 +236,108 @@ def event_line(ev: RootEvent, member: MemberInfo | None, *, as_json: bool) -> st
     if as_json:
         return json.dumps(doc)
     stamp = time.strftime("%H:%M:%S", time.localtime(ev.ts)) + f".{int(ev.ts % 1 * 1000):03d}"
-    text = f"{stamp} {kind:<8} {doc['pid']:>7} {doc['comm'] or '?':<16} {doc['class']}"
+    where = f"{ev.root:<12} " if show_root else ""
+    text = f"{stamp} {kind:<8} {where}{doc['pid']:>7} {doc['comm'] or '?':<16} {doc['class']}"
     return f"{text}  {doc['reason']}" if doc["reason"] else text
+
+
+# members and exited processes as the events describe them, keyed by (root, pid,
+# start_ticks): the details an event does not carry itself (parent, depth, exit status)
+Known = dict[tuple[str, int, int], MemberInfo]
+
+
+def _seed_lines(seed: Seed, known: Known, *, as_json: bool, show_root: bool) -> list[str]:
+    """Make a remote root's members known; the lines for those that were not."""
+    lines = []
+    for m in seed.members:
+        key = (seed.root, m.pid, m.start_ticks)
+        new = key not in known
+        known[key] = m
+        if new:
+            ev = RootEvent(EventKind.JOINED, seed.root, 0, seed.ts, m.pid, m.start_ticks, m.comm)
+            line = event_line(ev, m, as_json=as_json, show_root=show_root)
+            if line is not None:
+                lines.append(line)
+    for m in seed.tombstones:
+        known[(seed.root, m.pid, m.start_ticks)] = m
+    return lines
+
+
+def _follow(changes: Callable[[float], Iterable[RootEvent | Seed]], stopping: threading.Event,
+            deadline: float | None, *, as_json: bool, show_root: bool = False) -> None:
+    """The loop of both ``watch`` paths: one line per change until ``stopping`` is set or
+    ``deadline`` (monotonic) passes. ``changes(wait)`` yields what happened in order and
+    ends after ``wait`` seconds without anything."""
+    out = sys.stdout
+    known: Known = {}
+    while not stopping.is_set():
+        wait = 0.1 if deadline is None else max(min(0.1, deadline - time.monotonic()), 0)
+        lines: list[str] = []
+        for change in changes(wait):
+            if isinstance(change, Seed):
+                lines.extend(_seed_lines(change, known, as_json=as_json, show_root=show_root))
+            else:
+                line = event_line(change, _track(known, change), as_json=as_json,
+                                  show_root=show_root)
+                if line is not None:
+                    lines.append(line)
+            if len(lines) >= 256 or stopping.is_set():
+                break
+        if lines:
+            out.write("\n".join(lines) + "\n")
+            out.flush()
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+
+
+def _track(known: Known, ev: RootEvent) -> MemberInfo | None:
+    """Keep ``known`` current from ``ev``; return the member it is about, as of now."""
+    key = (ev.root, ev.pid, ev.start_ticks)
+    if ev.kind is EventKind.JOINED:
+        known[key] = member = member_from(ev)
+        return member
+    member = known.get(key)
+    if member is None:
+        return None
+    if ev.kind is EventKind.EXITED:
+        member = known[key] = member._replace(exited_at=ev.ts, exit_code=ev.exit_code,
+                                              exit_signal=ev.exit_signal, cls=EXITED)
+    elif ev.kind is EventKind.CLASS and ev.new_class is not None:
+        member = known[key] = member._replace(cls=ev.new_class)
+    elif ev.kind is EventKind.EXEC:
+        member = known[key] = member._replace(comm=ev.comm, exe=ev.exe)
+    elif ev.kind is EventKind.LEFT:
+        del known[key]
+    return member
+
+
+def _stop_on_signals(stopping: threading.Event) -> None:
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+
+
+def _usage(message: str) -> int:
+    print(f"proctree-exporter watch: {message}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Stream one line per change of one tree, in the order things happened, like
-    forkstat scoped to it. Built on the Python API (:class:`.monitor.Monitor`)."""
+    forkstat scoped to it. Built on the Python API (:class:`.monitor.Monitor`); with
+    ``--url``, on a remote exporter's event stream (:class:`RemoteWatch`)."""
+    if args.url is not None:
+        return _watch_remote(args)
+    if args.ca_file is not None or args.insecure:
+        return _usage("--ca-file and --insecure go with --url")
+    roots = args.root or []
+    if len(roots) > 1 or (roots and not roots[0].isdigit()):
+        return _usage("--root takes one PID (root names are for --url)")
+    if not roots and args.comm is None and args.pidfile is None:
+        return _usage("give --root PID, --comm NAME or --pidfile PATH (or --url URL)")
     cfg, _ = _load(args.config)
     setup_logging("warning", "text")
-    if args.root is not None:
-        select, match = "pid", str(args.root)
+    if roots:
+        select, match = "pid", roots[0]
     elif args.comm is not None:
         select, match = "comm", args.comm
     else:
@@ -256,10 +353,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         print(f"proctree-exporter: {exc}", file=sys.stderr)
         return 1
     stopping = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    _stop_on_signals(stopping)
     deadline = time.monotonic() + args.for_seconds if args.for_seconds > 0 else None
-    out = sys.stdout
     try:
         try:
             root = monitor.attach("watch", **{select: match})
@@ -272,48 +367,36 @@ def cmd_watch(args: argparse.Namespace) -> int:
         for w in first.warnings:
             if "listing capped" not in w:
                 print(f"warning: {w}", file=sys.stderr, flush=True)
-        # members and exited processes as the events describe them, for the
-        # details an event does not carry itself (parent, depth, exit status)
-        known: dict[tuple[int, int], MemberInfo] = {}
-        while not stopping.is_set():
-            wait = 0.1 if deadline is None else max(min(0.1, deadline - time.monotonic()), 0)
-            lines = []
-            for ev in root.events(timeout=wait):
-                member = _track(known, ev)
-                line = event_line(ev, member, as_json=args.json)
-                if line is not None:
-                    lines.append(line)
-                if len(lines) >= 256 or stopping.is_set():
-                    break
-            if lines:
-                out.write("\n".join(lines) + "\n")
-                out.flush()
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        _follow(root.events, stopping, deadline, as_json=args.json)
     finally:
         monitor.close()
     return 0
 
 
-def _track(known: dict[tuple[int, int], MemberInfo], ev: RootEvent) -> MemberInfo | None:
-    """Keep ``known`` current from ``ev``; return the member it is about, as of now."""
-    ident = (ev.pid, ev.start_ticks)
-    if ev.kind is EventKind.JOINED:
-        known[ident] = member = member_from(ev)
-        return member
-    member = known.get(ident)
-    if member is None:
-        return None
-    if ev.kind is EventKind.EXITED:
-        member = known[ident] = member._replace(exited_at=ev.ts, exit_code=ev.exit_code,
-                                                exit_signal=ev.exit_signal, cls=EXITED)
-    elif ev.kind is EventKind.CLASS and ev.new_class is not None:
-        member = known[ident] = member._replace(cls=ev.new_class)
-    elif ev.kind is EventKind.EXEC:
-        member = known[ident] = member._replace(comm=ev.comm, exe=ev.exe)
-    elif ev.kind is EventKind.LEFT:
-        del known[ident]
-    return member
+def _watch_remote(args: argparse.Namespace) -> int:
+    """``watch --url``: follow an exporter's ``/api/v1/events`` until interrupted."""
+    if args.comm is not None or args.pidfile is not None:
+        return _usage("--comm and --pidfile watch this host; with --url, name the "
+                      "exporter's roots with --root NAME")
+    try:
+        target = Target.from_url(args.url, ca_file=args.ca_file, insecure=args.insecure)
+    except ValueError as exc:
+        return _usage(str(exc))
+    setup_logging("warning", "text")
+    stopping = threading.Event()
+    _stop_on_signals(stopping)
+    deadline = time.monotonic() + args.for_seconds if args.for_seconds > 0 else None
+    remote = RemoteWatch(target, args.root, stopping)
+    remote.start()
+    try:
+        _follow(remote.changes, stopping, deadline, as_json=args.json,
+                show_root=len(args.root or ()) != 1)
+    finally:
+        remote.close()
+    if remote.failed is not None:
+        print(f"proctree-exporter: {remote.failed}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,13 +428,32 @@ def build_parser() -> argparse.ArgumentParser:
     tree.add_argument("--for", dest="for_seconds", type=float, default=0.0,
                       help="watch events this many seconds before printing (default 0)")
     tree.add_argument("--json", action="store_true", help="one JSON document")
-    watch = sub.add_parser("watch", help="stream the changes of one process tree")
+    watch = sub.add_parser(
+        "watch", help="stream the changes of one process tree (here, or of an exporter "
+        "with --url)",
+        description="Stream one line per change of a process tree, in the order things "
+        "happened. Here: the tree under --root PID, --comm NAME or --pidfile PATH, watched "
+        "by this command itself. With --url: the roots of a running exporter, from its "
+        "event stream (/api/v1/events); --root NAME (repeatable) names roots of its "
+        "config, none means every root (text lines then name the root). A remote watch "
+        "first lists each root's members as 'added', like a local one, then resumes "
+        "where it left off after a dropped connection (a 'lost' line if the exporter no "
+        "longer holds what it missed).")
     watch.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    which = watch.add_mutually_exclusive_group(required=True)
-    which.add_argument("--root", type=int, help="the tree under this pid")
+    which = watch.add_mutually_exclusive_group()
+    which.add_argument("--root", action="append", metavar="PID|NAME",
+                       help="the tree under this pid; with --url, a root of the exporter "
+                       "by name (repeatable; default: every root)")
     which.add_argument("--comm", help="the trees under processes with this comm")
     which.add_argument("--pidfile", help="the tree under the pid in this file (re-read "
                        "when that process dies)")
+    watch.add_argument("--url", metavar="URL", help="follow the exporter at "
+                       "http[s]://[USER@]HOST:PORT instead of watching this host; the "
+                       "password comes from PROCTREE_PASSWORD (or USER:PASSWORD@ in the URL)")
+    watch.add_argument("--ca-file", metavar="FILE", help="with an https --url: trust the "
+                       "CA certificates in this PEM file (default: the system's)")
+    watch.add_argument("--insecure", action="store_true", help="with an https --url: "
+                       "do not verify the exporter's certificate")
     watch.add_argument("--for", dest="for_seconds", type=float, default=0.0,
                        help="stop after this many seconds (default: until interrupted)")
     watch.add_argument("--json", action="store_true", help="one JSON object per line")
