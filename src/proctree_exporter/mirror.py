@@ -106,6 +106,12 @@ class RootMirror:
         with self.lock:
             return fn(self)
 
+    @property
+    def ended(self) -> bool:
+        """The log followed so far ended with ``root_removed`` (the next sync follows a
+        new root of the same name, if there is one)."""
+        return self._ended
+
     def listed(self, depth: int) -> bool:
         """Whether a member at ``depth`` is shown (instances hide with include_root off)."""
         return depth > 0 or self.spec is None or self.spec.include_root
@@ -368,7 +374,7 @@ class Mirrors:
                     raise KeyError(name)
                 mirror = self._mirrors[name] = RootMirror(self.source, name)
         mirror.sync()
-        if mirror.removed:
+        if mirror.removed or mirror.ended:  # gone, or replaced: a fresh mirror, or KeyError
             with self._lock:
                 if self._mirrors.get(name) is mirror:
                     del self._mirrors[name]
