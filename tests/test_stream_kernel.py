@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -179,17 +180,16 @@ def test_a_stalled_client_is_cut_off_while_others_keep_receiving(
     doc = settled(d, 5000)
     got = reader.frames(lambda fs: bool(fs) and fs[-1]["data"]["seq"] >= doc["seq"], timeout=60)
     assert seqs(got) == list(range(1, doc["seq"] + 1))
-    m = wait_for(lambda: (m := d.metrics()) and value(
-        m, "proctree_event_stream_clients_dropped_total", reason="slow") == 1 and m)
-    assert value(m, "proctree_event_streams_open") == 1
-    # what the stalled client finds when it reads at last: frames, then a last error
-    # frame saying why (when its buffers had room for it), then the end
+    wait_for(lambda: value(d.metrics(), "proctree_event_stream_clients_dropped_total",
+                           reason="slow") == 1)
+    # what the stalled client finds when it reads at last (within CUT_LINGER_S): the
+    # frames its buffers held, in order, then a last error frame saying why, the end
     assert stalled.read_head() == 200
     tail = stalled.frames(lambda fs: False, timeout=30)
     assert stalled.eof and tail
     assert seqs(tail) == list(range(1, len(seqs(tail)) + 1))
-    if tail[-1]["event"] == "error":
-        assert tail[-1]["data"]["reason"] == "slow"
+    assert tail[-1]["event"] == "error" and tail[-1]["data"]["reason"] == "slow"
+    wait_for(lambda: value(d.metrics(), "proctree_event_streams_open") == 1, timeout=10)
     stalled.close()
     reader.close()
 
@@ -307,12 +307,11 @@ def test_streams_go_through_tls_and_basic_auth(janitor: Janitor, tmp_path: Path,
 
     def ready() -> bool:
         try:
-            s = Stream(d.port, "?root=storm", ctx=ctx)
-        except OSError:
+            with urllib.request.urlopen(f"https://127.0.0.1:{d.port}/-/ready", timeout=5,
+                                        context=ctx) as r:
+                return r.status == 200
+        except OSError:  # not listening yet, or 503 (HTTPError) while seeding
             return False
-        ok = s.read_head() in (401, 200)
-        s.close()
-        return ok
 
     wait_for(ready, timeout=30, interval=0.1)
     anon = Stream(d.port, "?root=storm", ctx=ctx)
@@ -339,3 +338,37 @@ def test_the_readme_python_client_prints_exits(janitor: Janitor, tmp_path: Path)
     lines = read_lines(client, 2)
     assert [line.split("@")[0] for line in lines] == ["storm:4", "storm:6"]  # joined, exited x2
     assert all(line.endswith("exited with code 0") for line in lines)
+
+
+def test_a_root_removed_and_added_again_streams_its_new_log(janitor: Janitor,
+                                                            tmp_path: Path) -> None:
+    d, holder = storm_daemon(janitor, tmp_path)
+    roots_yaml = d.config.read_text()
+    every = Stream(d.port, "")  # every root, from now
+    assert every.read_head() == 200
+    wait_for(lambda: value(d.metrics(), "proctree_event_streams_open") == 1)
+    fork(holder, 2)
+    first = every.frames(lambda fs: sum(f["event"] == "exited" for f in fs) == 2)
+    old_children = {f["data"]["pid"] for f in first if f["event"] == "joined"}
+    d.config.write_text("roots: []\n")
+    d.proc.send_signal(1)  # SIGHUP: reload
+    removed = every.frames(lambda fs: any(f["event"] == "root_removed" for f in fs))
+    assert removed[-1]["data"]["root"] == "storm"
+    # removed: the API says so at once (no document of the old root is served)
+    assert d.get("/api/v1/roots/storm")[0] == 404
+    d.config.write_text(roots_yaml)
+    d.proc.send_signal(1)
+    again = every.frames(lambda fs: any(f["event"] == "root_up" for f in fs))
+    assert d.json("/api/v1/roots/storm")["seq"] == 2
+    fork(holder, 1)
+    again += every.frames(lambda fs: any(f["event"] == "exited" for f in fs))
+    every.close()
+    # the new log from its first event: the holder, the root up, the new child
+    assert [(f["event"], f["data"]["seq"]) for f in again] == [
+        ("joined", 1), ("root_up", 2), ("joined", 3), ("exited", 4)]
+    assert again[0]["data"]["pid"] == int(d.config.read_text().split("match: ")[1].split()[0])
+    assert again[2]["data"]["pid"] not in old_children  # not the old log's seq 3
+    assert again[2]["data"]["pid"] == again[3]["data"]["pid"]
+    epochs = {f["id"].rpartition("@")[2] for f in first} | {
+        f["id"].rpartition("@")[2] for f in again}
+    assert len(epochs) == 2  # the re-added root's log is a new one

@@ -130,8 +130,10 @@ class Daemon:
         mirrors = Mirrors(roots)
         for name in roots.root_names():
             mirrors.get(name)
-        streams = StreamHub(roots, event_json, max_streams=self.cfg.web.max_streams,
-                            on_start=yield_to_the_collector)
+        # not niced like the HTTP workers: its work grows with events, not with what
+        # clients ask for, and a starved hub falls behind every client at once
+        # (bench/stream.py: at nice 10, 10 clients fell 18 s behind a 2,000 forks/s storm)
+        streams = StreamHub(roots, event_json, max_streams=self.cfg.web.max_streams)
         streams.start()
         # the tree's nodes live long: keep the cyclic GC from rescanning them on every
         # full collection (which put 40-90 ms pauses into scrapes on 20,000-process

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .changelog import ChangeLog, EventSource
 from .events import EventKind, RootEvent
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 15.0  # a comment line on an idle stream keeps proxies from closing it
 RETRY_MS = 2000  # what EventSource clients wait before reconnecting
+CUT_LINGER_S = 5.0  # a cut-off client this long to read its last frame before the close
 ID_INTERVAL_S = 1.0  # at most this often, an id-only frame after filtered-out events
 MAX_BUFFER_BYTES = 1 << 20  # unsent bytes per client before it is cut off as too slow
 EVENTS_PER_ROUND = 1024  # per root and stream per hub round: fair to the other streams
@@ -93,8 +95,8 @@ def frame(event: str, data: bytes, ident: str | None = None) -> bytes:
 class _Stream:
     """One client: its roots and cursors, kinds wanted, unsent bytes."""
 
-    __slots__ = ("closed", "cursors", "id_at", "id_due", "kinds", "last_write", "logs",
-                 "names", "out", "sock")
+    __slots__ = ("closed", "closing", "cursors", "id_at", "id_due", "kinds", "last_write",
+                 "logs", "names", "out", "sock")
 
     def __init__(self, sock: socket.socket, names: list[str] | None,
                  logs: dict[str, ChangeLog], cursors: dict[str, int],
@@ -109,12 +111,23 @@ class _Stream:
         self.out = bytearray(head)
         self.last_write = time.monotonic()
         self.closed = False
+        self.closing = 0.0  # cut off: the monotonic time its last bytes must be gone by
         self.id_at = self.last_write  # when a frame last carried the cursor
         self.id_due = False  # events were filtered out since: the cursor moved unseen
 
     def ident(self) -> str:
         logs = self.logs
         return ",".join(f"{n}:{s}@{logs[n].epoch}" for n, s in self.cursors.items())
+
+
+class _Chunk(NamedTuple):
+    """A root's frames for one stream in one round, and where they leave its cursor."""
+
+    data: bytes
+    cursor: int
+    sent: int  # events in it
+    skipped: bool  # its last events were left out by the kinds filter
+    removed: bool  # it ends with root_removed
 
 
 class StreamHub:
@@ -136,7 +149,7 @@ class StreamHub:
         self._streams: dict[int, _Stream] = {}
         self._count = 0  # open and incoming
         self._sel = selectors.DefaultSelector()
-        self._encoded: dict[tuple[str, int], bytes] = {}
+        self._encoded: dict[tuple[str, str, int], bytes] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="proctree-streams", daemon=True)
 
@@ -212,8 +225,9 @@ class StreamHub:
                 self._adopt()
                 now = time.monotonic()
                 backlog = False
+                memo: dict[tuple[ChangeLog, int, frozenset[str] | None], _Chunk] = {}
                 for st in list(self._streams.values()):
-                    if self._pump(st, now):
+                    if self._pump(st, now, memo):
                         backlog = True
                 if self._stop.is_set():
                     break
@@ -224,7 +238,10 @@ class StreamHub:
             log.exception("event stream hub failed")
         finally:
             for st in list(self._streams.values()):
-                self._cut(st, "shutdown", "the exporter is stopping")
+                if st.closing:
+                    self._close(st)
+                else:
+                    self._cut(st, "shutdown", "the exporter is stopping", linger=False)
             with self._lock:
                 incoming, self._incoming = self._incoming, []
             for st in incoming:
@@ -263,10 +280,18 @@ class StreamHub:
             if not data:  # the client went away
                 self._close(st)
 
-    def _pump(self, st: _Stream, now: float) -> bool:
+    def _pump(self, st: _Stream, now: float,
+              memo: dict[tuple[ChangeLog, int, frozenset[str] | None], _Chunk]) -> bool:
         """Queue ``st``'s new events and send what its socket takes; True if bytes
         are left unsent."""
-        if self._fill(st) or st.closed:
+        if st.closing:  # cut off: only its last bytes still go out, for a while
+            if not self._send(st, now):
+                return False
+            if not st.out or now >= st.closing:
+                self._close(st)
+                return False
+            return True
+        if self._fill(st, memo) or st.closed:
             return False  # the stream ended
         if st.id_due and now - st.id_at >= ID_INTERVAL_S:
             # events the client filtered out moved its cursor: an id-only frame (no
@@ -283,8 +308,14 @@ class StreamHub:
             return False
         return bool(st.out)
 
-    def _fill(self, st: _Stream) -> bool:
-        """Append frames for the events after ``st``'s cursors; True if the stream ended."""
+    def _fill(self, st: _Stream, memo: dict[tuple[ChangeLog, int, frozenset[str] | None],
+                                             _Chunk]) -> bool:
+        """Append frames for the events after ``st``'s cursors; True if the stream ended.
+
+        Streams of one root at the same position in the same round get the same bytes:
+        ``memo`` holds them, so a hundred clients of a root cost one encoding of each
+        event and one copy per client, not a hundred frames per event.
+        """
         source = self.source
         if st.names is None:  # every root: roots added since join from their first event
             for name in source.root_names():
@@ -292,31 +323,27 @@ class StreamHub:
                     with contextlib.suppress(KeyError):
                         st.logs[name] = source.log(name)
                         st.cursors[name] = 0
-        kinds = st.kinds
         sent = 0
+        single = len(st.cursors) == 1
         for name, cursor in list(st.cursors.items()):
             if len(st.out) > self.max_buffer_bytes:
                 break
-            events, lost = st.logs[name].since(cursor, limit=EVENTS_PER_ROUND)
-            if lost:
-                cursor += lost
-                st.cursors[name] = cursor
-                doc = {"kind": "reset", "root": name, "lost": lost, "seq": cursor,
-                       "ts": time.time(),
-                       "reason": f"{lost} events of root {name} fell off its change log "
-                                 f"before they could be sent: refetch the root's state"}
-                st.out += frame("reset", _line(doc), st.ident())
-            for ev in events:
-                st.cursors[name] = ev.seq
-                if kinds is None or ev.kind in kinds:
-                    st.out += frame(ev.kind, self._encoded_event(ev), st.ident())
-                    sent += 1
-                    st.id_due = False
-                else:
-                    st.id_due = True
-                if ev.kind is EventKind.ROOT_REMOVED:
-                    del st.cursors[name], st.logs[name]
-                    break
+            log_ = st.logs[name]
+            key = (log_, cursor, st.kinds)
+            chunk = memo.get(key) if single else None
+            if chunk is None:
+                chunk = self._chunk(st, name, log_, cursor, single)
+                if single:
+                    memo[key] = chunk
+            st.out += chunk.data
+            sent += chunk.sent
+            if chunk.sent:
+                st.id_due = False
+            st.id_due = st.id_due or chunk.skipped
+            if chunk.removed:
+                del st.cursors[name], st.logs[name]
+            else:
+                st.cursors[name] = chunk.cursor
         self.stats.events_sent += sent
         if sent:
             st.id_at = time.monotonic()
@@ -326,15 +353,63 @@ class StreamHub:
             return True
         return False
 
-    def _encoded_event(self, ev: RootEvent) -> bytes:
-        key = (ev.root, ev.seq)
+    def _chunk(self, st: _Stream, name: str, log_: ChangeLog, cursor: int,
+               single: bool) -> _Chunk:
+        """The frames of ``name``'s events after ``cursor`` for ``st`` (ids are the
+        stream's cursor; for a stream of one root, that of the root alone)."""
+        events, lost = log_.since(cursor, limit=EVENTS_PER_ROUND)
+        kinds = st.kinds
+        epoch = log_.epoch
+        parts: list[bytes] = []
+        cursors = st.cursors
+        if lost:
+            cursor += lost
+            cursors[name] = cursor
+            doc = {"kind": "reset", "root": name, "lost": lost, "seq": cursor,
+                   "ts": time.time(),
+                   "reason": f"{lost} events of root {name} fell off its change log "
+                             f"before they could be sent: refetch the root's state"}
+            parts.append(frame("reset", _line(doc), st.ident()))
+        sent = 0
+        skipped = removed = False
+        for ev in events:
+            cursor = ev.seq
+            if kinds is None or ev.kind in kinds:
+                if single:
+                    parts.append(self._single_frame(ev, epoch))
+                else:
+                    cursors[name] = cursor
+                    parts.append(frame(ev.kind, self._encoded_event(ev, epoch), st.ident()))
+                sent += 1
+                skipped = False
+            else:
+                skipped = True
+            if ev.kind is EventKind.ROOT_REMOVED:
+                removed = True
+                break
+        return _Chunk(b"".join(parts), cursor, sent, skipped, removed)
+
+    def _encoded_event(self, ev: RootEvent, epoch: str) -> bytes:
+        key = (ev.root, epoch, ev.seq)  # a root re-added by a reload numbers from 1 again
         data = self._encoded.get(key)
         if data is None:
-            data = self.encode(ev)
-            if len(self._encoded) >= _ENCODED_KEEP:
-                del self._encoded[next(iter(self._encoded))]  # the oldest
-            self._encoded[key] = data
+            data = self._keep(key, self.encode(ev))
         return data
+
+    def _keep(self, key: tuple[str, str, int], data: bytes) -> bytes:
+        if len(self._encoded) >= _ENCODED_KEEP:
+            del self._encoded[next(iter(self._encoded))]  # the oldest
+        self._encoded[key] = data
+        return data
+
+    def _single_frame(self, ev: RootEvent, epoch: str) -> bytes:
+        """``ev``'s whole frame as a stream of its root alone sends it."""
+        key = (ev.root, epoch, -ev.seq)  # beside the plain encodings, in the same dict
+        out = self._encoded.get(key)
+        if out is None:
+            out = self._keep(key, frame(ev.kind, self._encoded_event(ev, epoch),
+                                        f"{ev.root}:{ev.seq}@{epoch}"))
+        return out
 
     def _send(self, st: _Stream, now: float) -> bool:
         """Send what the socket takes without blocking; False if the client is gone."""
@@ -353,12 +428,21 @@ class StreamHub:
             return False
         return True
 
-    def _cut(self, st: _Stream, reason: str, message: str) -> None:
-        """End a stream on purpose: a last ``error`` frame (best effort), counted."""
+    def _cut(self, st: _Stream, reason: str, message: str, linger: bool = True) -> None:
+        """End a stream on purpose, counted: what it has unsent is dropped but for the
+        rest of the frame on the wire, then a last ``error`` frame goes out (for up to
+        ``CUT_LINGER_S`` when ``linger``, if the client reads) and the connection closes."""
         self.stats.dropped[reason] += 1
+        end = st.out.find(b"\n\n")
+        del st.out[end + 2 if end >= 0 else 0:]  # frames end in a blank line, none inside
         st.out += frame("error", _line({"kind": "error", "reason": reason, "message": message}))
-        self._send(st, time.monotonic())
-        self._close(st)
+        now = time.monotonic()
+        if not self._send(st, now):
+            return
+        if st.out and linger:
+            st.closing = now + CUT_LINGER_S
+        else:
+            self._close(st)
 
     def _close(self, st: _Stream, registered: bool = True) -> None:
         if st.closed:

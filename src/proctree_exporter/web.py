@@ -158,7 +158,12 @@ class App:
         except BaseException:
             hub.release()
             raise
-        hub.open(sock, names, cursors, kinds, response_head(extra))
+        try:
+            hub.open(sock, names, cursors, kinds, response_head(extra))
+        except BaseException:
+            hub.release()
+            sock.close()
+            raise
         return respond("200 OK", b"")  # wsgiref's copy of the response goes nowhere
 
     def _metrics(self, environ: dict[str, Any], start_response: StartResponse,
