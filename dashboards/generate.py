@@ -264,6 +264,20 @@ def overview() -> dict[str, Any]:
                  "{{instance}} tombstones"),
                Q(f"sum by ({by_i}) (proctree_tree_capacity{{{INSTANCE}}})",
                  "{{instance}} capacity")], width=8),
+        Panel("timeseries", "Event stream clients",
+              "Clients following /api/v1/events (the tree page, watch --url, your programs), "
+              "and the events written to them.", "short",
+              [Q(f"sum by ({by_i}) (proctree_event_streams_open{{{INSTANCE}}})",
+                 "{{instance}} open"),
+               Q(_rate("proctree_event_stream_events_sent_total", INSTANCE, by_i),
+                 "{{instance}} events/s")], width=12, extra={"min": 0}),
+        Panel("timeseries", "Event stream clients dropped",
+              "Stream clients cut off because they fell more than 1 MiB behind (slow; they "
+              "resume with their last id), refused beyond web.max_streams (limit), or ended "
+              "by a shutdown.", "cps",
+              [Q(_rate("proctree_event_stream_clients_dropped_total", INSTANCE,
+                       by_i + ", reason"), "{{instance}} {{reason}}")],
+              width=12, extra={"min": 0}),
     ]
     columns = {"Value #A": "up", "Value #B": "members", "Value #C": "orphaned",
                "Value #D": "zombie", "Value #E": "spawned/s", "Value #F": "exited/s"}

@@ -152,7 +152,8 @@ def test_dashboards_cover_what_operators_ask() -> None:
     overview = " ".join(exprs(dashes["proctree-overview.json"]))
     for metric in ("proctree_source_info", "proctree_events_total", "proctree_events_lost_total",
                    "proctree_resyncs_total", "proctree_root_up", "proctree_root_processes",
-                   "proctree_root_spawned_total", "proctree_root_exited_total"):
+                   "proctree_root_spawned_total", "proctree_root_exited_total",
+                   "proctree_event_streams_open", "proctree_event_stream_clients_dropped_total"):
         assert metric in overview, metric
     assert 'class="orphaned"' in overview and 'class="zombie"' in overview
     root = " ".join(exprs(dashes["proctree-root.json"]))
