@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -627,3 +628,23 @@ def test_watch_url_begins_again_when_the_cursor_is_from_an_earlier_log() -> None
     assert "change log started over" in out.stderr
     streams = [h.get("Last-Event-ID") for t, h in server.requests if "/events" in t]
     assert streams[:2] == ["web:5", "web:1"], server.requests
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("args", [["tree"], ["tree", "--json"], ["capabilities", "--json"]])
+def test_a_reader_that_goes_away_stops_the_cli_quietly(args: list[str]) -> None:
+    # `proctree-exporter tree | head -c 0`: the reader is gone before the first write
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        cli = subprocess.Popen([EXE, *args], stdout=write_end, stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    try:
+        _, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
+    assert cli.returncode in (0, 141)  # 141: cut off, as `ls | head` reports for ls

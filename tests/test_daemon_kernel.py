@@ -246,3 +246,8 @@ def test_bad_listen_address_exits_2(janitor: Janitor) -> None:
     p = janitor.spawn([EXE, "--web.listen-address", "nonsense"], stderr=subprocess.PIPE)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 2 and "HOST]:PORT" in err
+    # said in the user's terms, before anything starts (no "starting" line first)
+    p = janitor.spawn([EXE, "--web.listen-address", ":99999"], stderr=subprocess.PIPE)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 2 and "port 99999 out of range (0-65535)" in err, err
+    assert "starting" not in err

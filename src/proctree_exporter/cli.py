@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,6 +22,7 @@ from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .daemon import build, make_tree
 from .events import EventKind, RootEvent
+from .httpserver import parse_listen_address
 from .mirror import MemberInfo, member_from
 from .monitor import Monitor, MonitorError
 from .remote import RemoteWatch, Seed, Target
@@ -86,6 +88,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the exporter until SIGTERM or SIGINT."""
     cfg, path = _load(args.config)
+    if args.listen_address:
+        try:  # a bad flag is a usage error, said before anything starts
+            parse_listen_address(args.listen_address)
+        except ValueError as exc:
+            print(f"proctree-exporter: --web.listen-address: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     setup_logging(args.log_level or cfg.log.level, args.log_format or cfg.log.format)
     log.info("starting version=%s config=%s", __version__, path or "(built-in defaults)")
     try:
@@ -463,13 +471,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for `ls | head`'s ls
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``proctree-exporter`` console script."""
     args = build_parser().parse_args(argv)
     command = args.command or "run"
     handler = {"run": cmd_run, "check-config": cmd_check_config, "tree": cmd_tree,
                "watch": cmd_watch, "capabilities": cmd_capabilities}[command]
-    return handler(args)
+    try:
+        return handler(args)
+    except BrokenPipeError:
+        # the reader went away (`tree | head`): stop quietly, as ls does. stdout goes
+        # to /dev/null so that the interpreter's last flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
 
 
 if __name__ == "__main__":

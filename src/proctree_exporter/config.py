@@ -133,8 +133,10 @@ class WebSettings(_Strict):
     @classmethod
     def _address(cls, v: str) -> str:
         _, sep, port = v.rpartition(":")
-        if not sep or not port.isdigit() or int(port) > 65535:
+        if not sep or not port.isdigit():
             raise ValueError("expected [HOST]:PORT, for example ':9632' or '127.0.0.1:9632'")
+        if int(port) > 65535:
+            raise ValueError(f"port {int(port)} out of range (0-65535)")
         return v
 
 

@@ -39,9 +39,11 @@ _HEAD_END = b"\r\n\r\n"
 def parse_listen_address(text: str) -> tuple[int, str, int]:
     """``":9632"``, ``"127.0.0.1:9632"``, ``"[::1]:9632"`` -> (family, host, port)."""
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not port_text.isdigit():
         raise ValueError(f"listen address {text!r}: expected [HOST]:PORT")
     port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"listen address {text!r}: port {port} out of range (0-65535)")
     if host.startswith("[") and host.endswith("]"):
         return socket.AF_INET6, host[1:-1], port
     if host == "":
