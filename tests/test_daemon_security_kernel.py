@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import socket
 import ssl
 import subprocess
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import bcrypt
 import pytest
+
+from proctree_exporter import __version__
 
 from .conftest import Janitor
 from .daemon_helpers import start_daemon
@@ -83,3 +86,42 @@ def test_bad_web_config_exits_2_naming_the_key(janitor: Janitor, tmp_path: Path,
         _, err = p.communicate(timeout=30)
         assert p.returncode == 2, err
         assert "key_file" in err, err
+
+
+def test_tls_clients_that_hang_up_leave_no_traceback_and_server_names_itself(
+        janitor: Janitor, tmp_path: Path, pki: Pki) -> None:  # noqa: F811
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {pki.server_crt}\n"
+                   f"  key_file: {pki.server_key}\n")
+    d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web),
+                     wait_ready=False)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    base = f"https://127.0.0.1:{d.port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if fetch(base + "/-/ready", ctx) == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline and d.proc.poll() is None, "daemon not ready"
+        time.sleep(0.1)
+    # the Server header names the exporter, not Python, on answers and on error replies
+    for path in ("/metrics", "/-/healthy", "/nope"):
+        req = urllib.request.Request(base + path)
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                server = r.headers["Server"]
+        except urllib.error.HTTPError as e:
+            server = e.headers["Server"]
+        assert server == f"proctree-exporter/{__version__}", (path, server)
+    # clients that send a request and hang up at once, without reading the answer
+    for _ in range(20):
+        raw = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        tls.close()
+    time.sleep(0.5)
+    status, _, err = d.stop()
+    assert status == 0
+    assert "Traceback" not in err and "SSLEOFError" not in err, err[-2000:]

@@ -26,7 +26,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler
+
+from . import __version__
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,25 @@ class _Muted(io.RawIOBase):
             self._inner.flush()
 
 
+SERVER_SOFTWARE = f"proctree-exporter/{__version__}"  # the Server header: no Python version
+
+
+class _ServerHandler(ServerHandler):
+    """wsgiref's response writer, naming this server, with its errors in our log."""
+
+    server_software = SERVER_SOFTWARE
+
+    def log_exception(self, exc_info: Any) -> None:
+        # a client that hangs up mid-response (SSLEOFError, BrokenPipe) is not news: it
+        # goes to the log at debug level, never as a traceback on stderr
+        log.debug("response to %s failed", self.request_handler.client_address,  # type: ignore[attr-defined]
+                  exc_info=exc_info)
+
+
 class _Handler(WSGIRequestHandler):
     """wsgiref's request handler fed from a pre-read head; quiet (requests are not notable)."""
+
+    server_version = SERVER_SOFTWARE
 
     def __init__(self, sock: socket.socket, head: bytes, client: Any, server: Server,
                  taken: list[bool]) -> None:
@@ -106,6 +125,23 @@ class _Handler(WSGIRequestHandler):
         self.rfile = io.BufferedReader(_PrefixedRaw(self._head, self.connection))
         plain.close()
         self.wfile = _Muted(self.wfile)  # type: ignore[assignment]
+
+    def version_string(self) -> str:
+        return SERVER_SOFTWARE  # also on the handler's own error replies (400, 414, ...)
+
+    def handle(self) -> None:
+        """wsgiref's, with :class:`_ServerHandler` for the response."""
+        self.raw_requestline = self.rfile.readline(65537)
+        if len(self.raw_requestline) > 65536:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414)
+            return
+        if not self.parse_request():  # an error reply has been sent
+            return
+        handler = _ServerHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ(),
+                                 multithread=False)
+        handler.request_handler = self  # type: ignore[attr-defined]
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
 
     def get_environ(self) -> dict[str, Any]:
         env = super().get_environ()
