@@ -647,7 +647,7 @@ def run_storm(binary: Path, buffer_bytes: int, seconds: float, reload_every: flo
             res.daemon_alive = d.proc.poll() is None
         res.daemon_exit = d.proc.returncode
         res.log_overrun_lines = d.log_count("overrun")
-        res.log_resync_lines = d.log_count("resync reason=")
+        res.log_resync_lines = d.log_count("msg=resync reason=")
         if res.daemon_exit not in (0, None):
             res.notes.append(f"daemon exited {res.daemon_exit}: {d.log_tail(5)}")
 

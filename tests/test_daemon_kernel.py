@@ -227,7 +227,14 @@ def test_json_logs_and_clean_shutdown(janitor: Janitor, tmp_path: Path) -> None:
     assert status == 0 and took < 2.0
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert {"ts", "level", "logger", "msg"} <= set(lines[0])
-    assert any(rec["msg"].startswith("ready source=netlink") for rec in lines)
+    # a short message, its facts as fields (the same ones the text format shows)
+    ready = next(rec for rec in lines if rec["msg"] == "ready")
+    assert ready["source"] == "netlink" and ready["processes"] > 0 and ready["roots"] >= 1
+    source = next(rec for rec in lines if rec["msg"] == "event source")
+    assert source["filtered"] in (True, False)
+    assert source["rcvbuf_bytes"] >= source["requested_bytes"] > 0
+    assert next(rec for rec in lines if rec["msg"] == "shutting down")["signal"] == "SIGINT"
+    assert not any("=" in rec["msg"] for rec in lines), "key=value belongs in fields"
     assert len(lines) < 20, "one line per notable event, not per process event"
 
 

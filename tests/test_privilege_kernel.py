@@ -125,6 +125,7 @@ def test_no_connector_in_a_new_netns_falls_back_to_polling(janitor: Janitor,
     d.terminate()
     _, err = d.communicate(timeout=10)
     assert d.returncode == 0, err
-    fallback = [line for line in err.splitlines() if "msg=source=procfs" in line]
+    fallback = [line for line in err.splitlines()
+                if 'msg="event source" source=procfs' in line]
     assert len(fallback) == 1, "one clear line saying why, not one per poll"
     assert "proc connector unavailable" in fallback[0]

@@ -34,6 +34,36 @@ log = logging.getLogger("proctree_exporter")
 EXIT_CONFIG = 2
 
 
+# Log lines are a short message plus fields: log.info("ready", extra={"fields": {...}}).
+# Both formats show the same fields: logfmt pairs after msg, or keys of the JSON object.
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
+def _logfmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = "" if value is None else str(value)
+    if not text or any(c in text for c in ' ="\\\n\t'):
+        return json.dumps(text)
+    return text
+
+
+class _LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z"
+        parts = [f"ts={ts}", f"level={record.levelname}", f"logger={record.name}",
+                 f"msg={_logfmt_value(record.getMessage())}"]
+        parts.extend(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -41,21 +71,17 @@ class _JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            **_fields(record),
         }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
+        return json.dumps(doc, default=str)
 
 
 def setup_logging(level: str, fmt: str) -> None:
-    """Structured logs on stderr: ``key=value`` text, or one JSON object per line."""
+    """Structured logs on stderr: logfmt text, or one JSON object per line."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        formatter = logging.Formatter("ts=%(asctime)s.%(msecs)03dZ level=%(levelname)s "
-                                      "logger=%(name)s msg=%(message)s", "%Y-%m-%dT%H:%M:%S")
-        handler.setFormatter(formatter)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else _LogfmtFormatter())
     logging.Formatter.converter = time.gmtime
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -95,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"proctree-exporter: --web.listen-address: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     setup_logging(args.log_level or cfg.log.level, args.log_format or cfg.log.format)
-    log.info("starting version=%s config=%s", __version__, path or "(built-in defaults)")
+    log.info("starting", extra={"fields": {"version": __version__,
+                                            "config": str(path or "(built-in defaults)")}})
     try:
         daemon = build(cfg, path, args.listen_address, args.web_config_file)
     except WebConfigError as exc:
@@ -105,8 +132,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"proctree-exporter: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except OSError as exc:
-        log.error("cannot listen on %s: %s", args.listen_address or cfg.web.listen_address,
-                  exc.strerror or exc)
+        log.error("cannot listen", extra={"fields": {
+            "address": args.listen_address or cfg.web.listen_address,
+            "error": exc.strerror or str(exc)}})
         return 1
     return daemon.run()
 

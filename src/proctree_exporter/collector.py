@@ -203,7 +203,8 @@ class Collector(threading.Thread):
                 self.stats.source_reason = (
                     f"proc connector unavailable ({exc}); polling /proc every "
                     f"{s.poll_interval_s:g}s: processes shorter than that are missed")
-                log.warning("source=procfs reason=%r", self.stats.source_reason)
+                log.warning("event source", extra={"fields": {
+                    "source": SOURCE_PROCFS, "reason": self.stats.source_reason}})
                 return
             sub = self._sock.subscription
             self.stats.source = SOURCE_NETLINK
@@ -215,12 +216,16 @@ class Collector(threading.Thread):
                 f"proc connector, kernel event filter {'on' if sub.filtered else 'off'}, "
                 f"receive buffer {sub.rcvbuf_bytes} bytes"
                 f"{'' if sub.rcvbuf_forced else ' (SO_RCVBUFFORCE refused, capped by rmem_max)'}")
-            log.info("source=netlink filtered=%s rcvbuf=%d", sub.filtered, sub.rcvbuf_bytes)
+            # the kernel doubles what it is asked for (bookkeeping): say both
+            log.info("event source", extra={"fields": {
+                "source": SOURCE_NETLINK, "filtered": sub.filtered,
+                "rcvbuf_bytes": sub.rcvbuf_bytes, "requested_bytes": s.receive_buffer_bytes}})
         else:
             self.stats.source = SOURCE_PROCFS
             self.stats.source_reason = (f"configured: polling /proc every {s.poll_interval_s:g}s; "
                                         f"processes shorter than that are missed")
-            log.info("source=procfs reason=configured")
+            log.info("event source", extra={"fields": {"source": SOURCE_PROCFS,
+                                                       "reason": "configured"}})
 
     # -- thread ------------------------------------------------------------------
 
@@ -258,7 +263,8 @@ class Collector(threading.Thread):
         infos = self._walk()
         with self.tree.lock:
             res = self.tree.reconcile(infos, source=LINEAGE_SNAPSHOT)
-        log.info("seeded processes=%d in %.3fs", res.added, time.monotonic() - t0)
+        log.info("seeded", extra={"fields": {"processes": res.added,
+                                             "seconds": round(time.monotonic() - t0, 3)}})
 
     def _run_polling(self) -> None:
         interval = self.settings.poll_interval_s
@@ -406,9 +412,10 @@ class Collector(threading.Thread):
         st.resyncs += 1
         st.resync_reasons[reason] = st.resync_reasons.get(reason, 0) + 1
         st.last_resync_s = self._last_resync - t0
-        log.warning("resync reason=%s lost_estimate=%d added=%d vanished=%d reused=%d "
-                    "reparented=%d took=%.3fs", reason, max(drop_delta, gap_delta),
-                    res.added, res.vanished, res.reused, res.reparented, st.last_resync_s)
+        log.warning("resync", extra={"fields": {
+            "reason": reason, "lost_estimate": max(drop_delta, gap_delta), "added": res.added,
+            "vanished": res.vanished, "reused": res.reused, "reparented": res.reparented,
+            "seconds": round(st.last_resync_s, 3)}})
 
 
 _CONSUMED_TYPES = (nl.ForkEvent, nl.ExecEvent, nl.ExitEvent, nl.CommEvent, nl.UidEvent)

@@ -112,8 +112,9 @@ class Daemon:
         self.collector.start()
         self._server_thread.start()
         host, port = self.server.server_address[:2]
-        log.info("listening address=%s port=%d tls=%s auth=%s", host, port,
-                 self.server.ssl_context is not None, self.web_config.auth_required())
+        log.info("listening", extra={"fields": {
+            "address": host, "port": port, "tls": self.server.ssl_context is not None,
+            "auth": self.web_config.auth_required()}})
         self.collector.ready.wait()
         if self.collector.failed is not None:
             raise RuntimeError(f"collector failed: {self.collector.failed}")
@@ -142,13 +143,14 @@ class Daemon:
         self.mirrors = mirrors
         self.streams = streams
         self.roots = roots  # from here /-/ready says 200
-        log.info("ready source=%s processes=%d roots=%d", self.collector.stats.source,
-                 self.tree.live_count, len(roots.roots))
+        log.info("ready", extra={"fields": {"source": self.collector.stats.source,
+                                            "processes": self.tree.live_count,
+                                            "roots": len(roots.roots)}})
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; reload on SIGHUP. Returns the exit status."""
         def on_stop(signum: int, _frame: object) -> None:
-            log.info("signal=%s shutting down", signal.Signals(signum).name)
+            log.info("shutting down", extra={"fields": {"signal": signal.Signals(signum).name}})
             self._stop.set()
 
         signal.signal(signal.SIGTERM, on_stop)
@@ -167,7 +169,8 @@ class Daemon:
                     self._reload.clear()
                     self.reload()
                 if not self.collector.is_alive():
-                    log.error("collector stopped (%s); exiting", self.collector.failed)
+                    log.error("collector stopped; exiting",
+                              extra={"fields": {"error": str(self.collector.failed)}})
                     return 1
             return 0
         except RuntimeError as exc:
@@ -199,7 +202,8 @@ class Daemon:
         except (ConfigError, ValueError, AssertionError) as exc:
             r = self.reloads
             self.reloads = ReloadStatus(r.success_total, r.failure_total + 1, False, t0, str(exc))
-            log.error("reload failed, keeping the running config: %s", exc)
+            log.error("reload failed, keeping the running config",
+                      extra={"fields": {"error": str(exc)}})
             return False
         with self.tree.lock:
             self.tree.max_nodes = new.tree.max_nodes
@@ -215,12 +219,13 @@ class Daemon:
             ("log.format", self.cfg.log.format, new.log.format),
             ("otel", self.cfg.otel, new.otel)) if old != now]
         if restart:
-            log.warning("reload: %s changed and take effect at the next start",
-                        ", ".join(restart))
+            log.warning("reload: some changes take effect at the next start",
+                        extra={"fields": {"changed": ",".join(restart)}})
         self.cfg = new
         r = self.reloads
         self.reloads = ReloadStatus(r.success_total + 1, r.failure_total, True, t0, "")
-        log.info("reloaded config=%s roots=%d", self.config_path, len(self.roots.roots))
+        log.info("reloaded", extra={"fields": {"config": str(self.config_path),
+                                               "roots": len(self.roots.roots)}})
         return True
 
 
@@ -235,9 +240,10 @@ def _start_otel(cfg: Config, config_path: Path | None, roots: Roots,
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"otel: {exc}") from None
     exporter.start()
-    log.info("otel exporting protocol=%s endpoint=%s events=%s roots=%s", cfg.otel.protocol,
-             cfg.otel.endpoint or "(OTEL_EXPORTER_OTLP_ENDPOINT or default)", cfg.otel.events,
-             ",".join(cfg.otel.roots) or "all")
+    log.info("otel exporting", extra={"fields": {
+        "protocol": cfg.otel.protocol,
+        "endpoint": cfg.otel.endpoint or "(OTEL_EXPORTER_OTLP_ENDPOINT or default)",
+        "events": cfg.otel.events, "roots": ",".join(cfg.otel.roots) or "all"}})
     return exporter
 
 

@@ -662,6 +662,6 @@ class Roots(TreeListener):
         root.actions[key] = root.actions.get(key, 0) + 1
         self._emit(root, EventKind.ACTION, node, self.clock.now(), signal=sig, outcome=outcome)
         if outcome not in (ActionOutcome.DRY_RUN, ActionOutcome.SENT):
-            log.info("action root=%s signal=%d pid=%d outcome=%s", root.name, sig, node.pid,
-                     outcome)
+            log.info("action", extra={"fields": {"root": root.name, "signal": sig,
+                                                 "pid": node.pid, "outcome": str(outcome)}})
         return outcome
