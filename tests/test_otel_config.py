@@ -30,12 +30,12 @@ def test_otel_is_off_by_default_and_in_the_embedded_config() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("otel:\n  enabled: true\n  spans: yes\n", "otel.spans (line 3): unknown key"),
-    ("otel:\n  tls:\n    ca: x\n", "otel.tls.ca (line 3): unknown key"),
-    ("otel:\n  events: traces\n", "otel.events (line 2)"),
-    ("otel:\n  protocol: http/json\n", "otel.protocol (line 2)"),
+    ("otel:\n  enabled: true\n  spans: yes\n", "otel.spans, line 3: unknown key"),
+    ("otel:\n  tls:\n    ca: x\n", "otel.tls.ca, line 3: unknown key"),
+    ("otel:\n  events: traces\n", "otel.events, line 2"),
+    ("otel:\n  protocol: http/json\n", "otel.protocol, line 2"),
     ("otel:\n  endpoint: collector:4317\n", "expected a URL"),
-    ("otel:\n  max_spans_per_second: 0\n", "otel.max_spans_per_second (line 2)"),
+    ("otel:\n  max_spans_per_second: 0\n", "otel.max_spans_per_second, line 2"),
     ("otel:\n  tls:\n    cert_file: c.pem\n", "cert_file and key_file go together"),
     ("otel:\n  roots: [nope]\n", "otel.roots: no root named 'nope'"),
 ])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -256,14 +256,32 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         msgs = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            line = line_of(lines, loc)
-            where = f" (line {line})" if line is not None else ""
             msg = err["msg"]
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "missing":  # said of the mapping that lacks the key
+                loc, msg = loc[:-1], f"missing key {loc[-1]!r}".replace("'", '"')
+            elif err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            msgs.append(f"{key}{where}: {msg}")
+            line = line_of(lines, loc)
+            where = f", line {line}" if line is not None else ""
+            msgs.append(f"{_key_path(loc, data)}{where}: {msg}")
         raise ConfigError(f"{source}: " + "; ".join(msgs)) from None
+
+
+def _key_path(loc: tuple[Any, ...], data: Any) -> str:
+    """A location as the user wrote it: ``roots[0] (nginx).select``, not ``roots.0.select``."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            name = node.get("name") if isinstance(node, dict) else None
+            if isinstance(name, str) and name:
+                out += f" ({name})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
 
 
 def load_config(path: str | Path | None) -> tuple[Config, Path | None]:

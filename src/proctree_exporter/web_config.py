@@ -247,7 +247,7 @@ class TLSConfig:
 
     def _error(self, key: str, msg: str) -> WebConfigError:
         line = self.lines.get(key)
-        where = f" (line {line})" if line is not None else ""
+        where = f", line {line}" if line is not None else ""
         return WebConfigError(f"{self.source}: tls_server_config.{key}{where}: {msg}")
 
     def _read(self, key: str, path: Path) -> bytes:
@@ -454,7 +454,7 @@ def _format(source: str, lines: Mapping[tuple[Any, ...], int], problems: list[Pr
     for loc, msg in problems:
         key = ".".join(str(p) for p in loc) or "(top level)"
         line = line_of(lines, loc)
-        where = f" (line {line})" if line is not None else ""
+        where = f", line {line}" if line is not None else ""
         msgs.append(f"{key}{where}: {msg}")
     return f"{source}: " + "; ".join(msgs)
 

@@ -63,7 +63,7 @@ def load_mapping(text: str, source: str, error: type[Exception]) -> tuple[dict[s
         _key_lines(node, (), lines, dups)
     if dups:
         raise error(f"{source}: " + "; ".join(
-            f"{'.'.join(map(str, k))} (line {n}): duplicate key" for k, n in dups))
+            f"{'.'.join(map(str, k))}, line {n}: duplicate key" for k, n in dups))
     return data, lines
 
 
