@@ -612,7 +612,7 @@ def roots_summary(port: int) -> dict[str, Any]:
     if status != 200:
         return {"error": f"status {status}"}
     roots = json.loads(body)["roots"]
-    members = [r["members"] for r in roots]
+    members = [r["member_count"] for r in roots]
     return {
         "roots": len(roots),
         "up": sum(1 for r in roots if r["up"]),
@@ -622,8 +622,8 @@ def roots_summary(port: int) -> dict[str, Any]:
         "members_total": sum(members),
         "roots_with_100_plus": sum(1 for m in members if m >= 100),
         "roots_with_1000_plus": sum(1 for m in members if m >= 1000),
-        "roots_without_members": [r["name"] for r in roots if not r["members"]],
-        "per_root": {r["name"]: r["members"] for r in roots},
+        "roots_without_members": [r["name"] for r in roots if not r["member_count"]],
+        "per_root": {r["name"]: r["member_count"] for r in roots},
     }
 
 

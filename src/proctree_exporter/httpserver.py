@@ -102,10 +102,13 @@ class _ServerHandler(ServerHandler):
     server_software = SERVER_SOFTWARE
 
     def log_exception(self, exc_info: Any) -> None:
-        # a client that hangs up mid-response (SSLEOFError, BrokenPipe) is not news: it
-        # goes to the log at debug level, never as a traceback on stderr
-        log.debug("response to %s failed", self.request_handler.client_address,  # type: ignore[attr-defined]
-                  exc_info=exc_info)
+        # a client that hangs up mid-response (SSLEOFError, BrokenPipe) is not news: debug
+        # level. Anything else is a bug of ours: an error, with its traceback, in the log.
+        client = self.request_handler.client_address  # type: ignore[attr-defined]
+        if isinstance(exc_info[1], OSError):
+            log.debug("response to %s failed", client, exc_info=exc_info)
+        else:
+            log.error("request from %s failed", client, exc_info=exc_info)
 
 
 class _Handler(WSGIRequestHandler):

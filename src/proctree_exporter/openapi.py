@@ -225,7 +225,7 @@ _MEMBER_REQUIRED = ("pid", "start_ticks", "comm", "exe", "user", "ppid", "lineag
                     "started_at", "exited_at", "exit_code", "exit_signal")
 
 
-def _root_props(members: Schema) -> dict[str, Schema]:
+def _root_props() -> dict[str, Schema]:
     return {
         "name": _ref("RootName"),
         "seq": {"type": "integer", "minimum": 0,
@@ -237,7 +237,9 @@ def _root_props(members: Schema) -> dict[str, Schema]:
                          "description": "Whether the instances themselves are members."},
         "up": {"type": "boolean", "description": "A process matching the root is alive."},
         "instances": {"type": "array", "items": _ref("Instance")},
-        "members": members,
+        "member_count": {"type": "integer", "minimum": 0,
+                         "description": "Live members now, listed or not (zombies: see "
+                                        "`classes`)."},
         "classes": _ref("ClassCounts"),
         "spawned_total": _COUNT,
         "exited_total": _COUNT,
@@ -250,15 +252,16 @@ def _root_props(members: Schema) -> dict[str, Schema]:
 
 
 _ROOT_REQUIRED = ("name", "seq", "select", "match", "include_root", "up", "instances",
-                  "members", "classes", "spawned_total", "exited_total", "restarts_total",
+                  "member_count", "classes", "spawned_total", "exited_total", "restarts_total",
                   "truncated", "warnings")
 
 
 def _schemas() -> dict[str, Schema]:
     member_props = _member_props()
-    detail = _root_props({"type": "array", "items": _ref("Member"),
-                          "description": "Live members, then zombies; at most max_members, "
-                                         "the shallowest first."})
+    detail = _root_props()
+    detail["members"] = {"type": "array", "items": _ref("Member"),
+                         "description": "Live members, then zombies; at most max_members, "
+                                        "the shallowest first."}
     detail["recent"] = {"type": "array", "items": _ref("RecentChange"),
                         "description": "The last membership changes, oldest first."}
     detail["tombstones"] = {"type": "array", "items": _ref("Member"),
@@ -286,11 +289,10 @@ def _schemas() -> dict[str, Schema]:
         "RecentChange": _obj({"event": {"type": "string", "enum": ["added", "removed"]},
                               **member_props}, ("event", *_MEMBER_REQUIRED),
                              description="A membership change: the member as it was."),
-        "Root": _obj(_root_props({"type": "integer", "minimum": 0,
-                                  "description": "How many live members."}),
-                     _ROOT_REQUIRED, description="A root with its counts."),
+        "Root": _obj(_root_props(), _ROOT_REQUIRED, description="A root with its counts."),
         "RootList": _obj({"roots": {"type": "array", "items": _ref("Root")}}, ["roots"]),
-        "RootDetail": _obj(detail, (*_ROOT_REQUIRED, "recent", "tombstones", "events"),
+        "RootDetail": _obj(detail, (*_ROOT_REQUIRED, "members", "recent", "tombstones",
+                                    "events"),
                            description="A root, its members, recent changes, tombstones and "
                                        "events."),
         "TreeNode": _obj({**member_props,

@@ -269,7 +269,7 @@ class App:
                 e = html.escape(name)
                 rows.append(
                     f"<tr><td><a href='/api/v1/roots/{e}'>{e}</a></td>"
-                    f"<td>{'up' if doc['up'] else 'DOWN'}</td><td>{doc['members']}</td>"
+                    f"<td>{'up' if doc['up'] else 'DOWN'}</td><td>{doc['member_count']}</td>"
                     + "".join(f"<td>{doc['classes'].get(c, 0)}</td>" for c in
                               (HEALTHY, ORPHANED, ZOMBIE))
                     + f"<td><a href='/api/v1/tree?root={e}'>tree</a></td></tr>")
@@ -313,7 +313,7 @@ def _root_doc(m: RootMirror) -> dict[str, Any]:
         "include_root": spec.include_root, "up": m.up,
         "instances": [{"pid": i.pid, "start_ticks": i.start_ticks, "comm": i.comm,
                        "started_at": i.started_at} for i in m.instances.values()],
-        "members": count, "classes": m.class_counts(),
+        "member_count": count, "classes": m.class_counts(),
         "spawned_total": m.spawned_total, "exited_total": m.exited_total,
         "restarts_total": m.restarts_total, "truncated": count > spec.max_members,
         "warnings": list(m.source.warnings(m.name)) if not m.up else [],
@@ -345,7 +345,6 @@ def _root_body(m: RootMirror) -> bytes:
     """``/api/v1/roots/{name}``: the root, its members (capped by ``max_members``),
     recent membership changes, tombstones and events."""
     doc = _root_doc(m)
-    del doc["members"]
     head = json.dumps(doc, separators=(",", ":"))[:-1].encode()
     members = b",".join(_encoded(m, x) for x in m.listing())
     tombs = b",".join(_encoded(m, x) for x in m.tombstones())

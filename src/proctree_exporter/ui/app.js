@@ -807,13 +807,14 @@
     if (!d || d.name !== S.rootName) return S.roots;
     const c = d.classes;
     return S.roots.map((r) => (r.name !== d.name ? r : Object.assign({}, r, {
-      up: d.up, members: (c.healthy || 0) + (c.orphaned || 0), classes: Object.assign({}, r.classes, c) })));
+      up: d.up, member_count: (c.healthy || 0) + (c.orphaned || 0),
+      classes: Object.assign({}, r.classes, c) })));
   }
 
   function renderRoots() {
     const box = $("roots");
     const roots = rootsShown();
-    const sig = JSON.stringify(roots.map((r) => [r.name, r.up, r.members, r.classes])) + S.rootName;
+    const sig = JSON.stringify(roots.map((r) => [r.name, r.up, r.member_count, r.classes])) + S.rootName;
     if (box._sig === sig) return;
     box._sig = sig;
     const table = el("table");
@@ -829,7 +830,7 @@
       name.appendChild(a);
       tr.appendChild(name);
       tr.appendChild(el("td", r.up ? null : "down", r.up ? "up" : "DOWN"));
-      tr.appendChild(el("td", null, r.members));
+      tr.appendChild(el("td", null, r.member_count));
       const c = r.classes || {};
       tr.appendChild(el("td", c.orphaned ? "n-orphaned" : null, c.orphaned || 0));
       tr.appendChild(el("td", c.zombie ? "n-zombie" : null, c.zombie || 0));
