@@ -7,6 +7,7 @@ Regenerate it deliberately with ``UPDATE_GOLDEN=1 scripts/test tests/test_metric
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -113,3 +114,12 @@ def test_openmetrics_rendering_ends_with_eof() -> None:
 def test_the_design_contract_families_exist(family: str) -> None:
     assert any(line.startswith(family + "{") or line.startswith(family + " ")
                for line in render().splitlines())
+
+
+def test_every_family_served_is_in_the_readme_metrics_reference() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    reference = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    served = re.findall(r"^# TYPE (\S+) ", render(), re.M)
+    assert len(served) > 40
+    undocumented = [name for name in served if f"`{name}`" not in reference]
+    assert not undocumented, f"served but not in README's Metrics: {undocumented}"
