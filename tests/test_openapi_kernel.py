@@ -32,7 +32,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from proctree_exporter import openapi, ui, web
 from proctree_exporter.events import EventKind
 
-from .conftest import PYTHON, Janitor, read_lines, wait_for
+from .conftest import PYTHON, REPO, Janitor, read_lines, wait_for
 from .daemon_helpers import Running, start_daemon
 
 DOC = openapi.document()
@@ -468,3 +468,18 @@ def test_stream_of_a_root_removed_by_reload_ends_with_root_removed(daemon: Runni
     assert st.eof, "a single-root stream ends with its root"
     assert [e["kind"] for e in ended] == ["root_removed"], ended
     assert Checked(daemon).get("/api/v1/roots/{name}", "/api/v1/roots/churn", 404)
+
+
+def test_every_field_served_is_in_the_readme() -> None:
+    # the document has every field a real daemon sends (the tests above close its
+    # schemas); README must name each: the HTTP section for documents, Library for events
+    readme = (REPO / "README.md").read_text()
+    http = readme.split("\n## HTTP\n", 1)[1].split("\n## ", 1)[0]
+    library = readme.split("\n## Library\n", 1)[1].split("\n## ", 1)[0]
+    schemas = DOC["components"]["schemas"]
+    missing = [f"{name}.{field}" for name in ("Root", "RootDetail", "Member", "Tree",
+                                              "TreeNode", "Ancestor", "Instance")
+               for field in schemas[name]["properties"] if f"`{field}`" not in http]
+    missing += [f"Event.{field}" for field in schemas["Event"]["properties"]
+                if field not in ("old", "new") and f"`{field}`" not in library]
+    assert not missing, f"served but not in README: {missing}"
