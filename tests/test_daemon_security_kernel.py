@@ -17,7 +17,7 @@ import pytest
 from proctree_exporter import __version__
 
 from .conftest import Janitor
-from .daemon_helpers import start_daemon
+from .daemon_helpers import Running, start_daemon
 from .test_web_config import Pki, pki  # noqa: F401 - the certificate fixture
 
 pytestmark = pytest.mark.kernel
@@ -35,6 +35,20 @@ def fetch(url: str, ctx: ssl.SSLContext, auth: tuple[str, str] | None = None) ->
         return e.code
 
 
+def wait_tls_ready(d: Running, ctx: ssl.SSLContext) -> str:
+    """The daemon's https base URL, once its /-/ready says 200 (fails after 30 s)."""
+    base = f"https://127.0.0.1:{d.port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if fetch(base + "/-/ready", ctx) == 200:
+                return base
+        except OSError:
+            pass
+        assert time.monotonic() < deadline and d.proc.poll() is None, "daemon not ready"
+        time.sleep(0.1)
+
+
 def test_tls_and_basic_auth_guard_everything_but_health(janitor: Janitor, tmp_path: Path,
                                                         pki: Pki) -> None:  # noqa: F811
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
@@ -48,17 +62,7 @@ def test_tls_and_basic_auth_guard_everything_but_health(janitor: Janitor, tmp_pa
     d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web),
                      wait_ready=False)
     ctx = ssl.create_default_context(cafile=str(pki.ca))
-    base = f"https://127.0.0.1:{d.port}"
-
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if fetch(base + "/-/ready", ctx) == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline and d.proc.poll() is None, "daemon not ready"
-        time.sleep(0.1)
+    base = wait_tls_ready(d, ctx)
     assert fetch(base + "/-/healthy", ctx) == 200  # health checks need no credentials
     assert fetch(base + "/metrics", ctx) == 401
     assert fetch(base + "/metrics", ctx, ("prom", "wrong")) == 401
@@ -96,16 +100,7 @@ def test_tls_clients_that_hang_up_leave_no_traceback_and_server_names_itself(
     d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web),
                      wait_ready=False)
     ctx = ssl.create_default_context(cafile=str(pki.ca))
-    base = f"https://127.0.0.1:{d.port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if fetch(base + "/-/ready", ctx) == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline and d.proc.poll() is None, "daemon not ready"
-        time.sleep(0.1)
+    base = wait_tls_ready(d, ctx)
     # the Server header names the exporter, not Python, on answers and on error replies
     for path in ("/metrics", "/-/healthy", "/nope"):
         req = urllib.request.Request(base + path)
