@@ -120,3 +120,44 @@ def test_tls_clients_that_hang_up_leave_no_traceback_and_server_names_itself(
     status, _, err = d.stop()
     assert status == 0
     assert "Traceback" not in err and "SSLEOFError" not in err, err[-2000:]
+
+
+def raw_reply(port: int, request: bytes, wait: float = 0) -> str:
+    """The head of the server's reply to ``request`` (bytes as sent) on a fresh socket."""
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
+        s.sendall(request)
+        time.sleep(wait)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+
+
+def test_safe_headers_by_default_and_configured_ones_on_every_reply(
+        janitor: Janitor, tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n"
+                   "    Strict-Transport-Security: max-age=60\n")
+    d = start_daemon(janitor, tmp_path, "roots: []\nweb:\n  read_timeout_seconds: 1\n",
+                     "--web.config.file", str(web))
+    want = {"x-content-type-options: nosniff",
+            "content-security-policy: default-src 'self'; frame-ancestors 'none'",
+            "x-frame-options: sameorigin",  # configured: it wins over the default "deny"
+            "strict-transport-security: max-age=60",
+            f"server: proctree-exporter/{__version__}"}
+    replies = {
+        "page": raw_reply(d.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "404 (app)": raw_reply(d.port, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "505 (handler)": raw_reply(d.port, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"),
+        "400 (handler)": raw_reply(d.port, b"BREW /\r\n\r\n"),
+        "431 (server)": raw_reply(d.port, b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000),
+        "408 (server)": raw_reply(d.port, b"GET / HTTP/1.1\r\n", wait=1.5),
+        "stream": raw_reply(d.port, b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n"),
+    }
+    for what, head in replies.items():
+        lines = {line.lower() for line in head.split("\r\n")[1:]}
+        assert want <= lines, (what, head)
+        assert sum(line.startswith("x-frame-options") for line in lines) == 1, (what, head)

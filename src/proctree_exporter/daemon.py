@@ -93,7 +93,8 @@ class Daemon:
                                           ssl_context=web_config.ssl_context(),
                                           max_connections=cfg.web.max_connections,
                                           read_timeout_s=cfg.web.read_timeout_seconds,
-                                          worker_init=yield_to_the_collector)
+                                          worker_init=yield_to_the_collector,
+                                          headers=web_config.response_headers())
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._server_thread = threading.Thread(target=self.server.serve_forever,

@@ -22,7 +22,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +115,9 @@ class _Handler(WSGIRequestHandler):
     """wsgiref's request handler fed from a pre-read head; quiet (requests are not notable)."""
 
     server_version = SERVER_SOFTWARE
+    # error replies to a malformed request line are HTTP/0.9 (a bare body, no headers)
+    # unless the default says otherwise; nobody speaks 0.9 to an exporter
+    default_request_version = "HTTP/1.1"
 
     def __init__(self, sock: socket.socket, head: bytes, client: Any, server: Server,
                  taken: list[bool]) -> None:
@@ -131,6 +134,13 @@ class _Handler(WSGIRequestHandler):
 
     def version_string(self) -> str:
         return SERVER_SOFTWARE  # also on the handler's own error replies (400, 414, ...)
+
+    def end_headers(self) -> None:
+        # only the handler's own error replies (send_error) come through here; the app's
+        # responses carry the same headers from the app
+        for name, value in self.server.headers:  # type: ignore[attr-defined]
+            self.send_header(name, value)
+        super().end_headers()
 
     def handle(self) -> None:
         """wsgiref's, with :class:`_ServerHandler` for the response."""
@@ -180,8 +190,10 @@ class Server:
                  ssl_context: ssl.SSLContext | None = None, max_connections: int = 64,
                  read_timeout_s: float = 10.0, max_pending: int = 1024,
                  max_head_bytes: int = MAX_HEAD_BYTES,
-                 worker_init: Callable[[], None] | None = None) -> None:
+                 worker_init: Callable[[], None] | None = None,
+                 headers: Sequence[tuple[str, str]] = ()) -> None:
         self.ssl_context = ssl_context
+        self.headers = tuple(headers)  # on every reply this server writes itself
         self.read_timeout_s = read_timeout_s
         self.max_pending = max_pending
         self.max_head_bytes = max_head_bytes
@@ -339,8 +351,10 @@ class Server:
             self._forget(conn)
         with contextlib.suppress(OSError, ssl.SSLError, ValueError):
             conn.sock.setblocking(False)
+            extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers).encode("latin-1")
             conn.sock.send(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\n"
-                           b"Connection: close\r\n\r\n")
+                           b"Connection: close\r\nServer: " + SERVER_SOFTWARE.encode()
+                           + b"\r\n" + extra + b"\r\n")
         with contextlib.suppress(OSError):
             conn.sock.close()
 
@@ -370,18 +384,20 @@ class Server:
 
 def make_server(listen: str, app: Callable[..., Any], *, ssl_context: ssl.SSLContext | None,
                 max_connections: int = 64, read_timeout_s: float = 10.0,
-                worker_init: Callable[[], None] | None = None) -> Server:
+                worker_init: Callable[[], None] | None = None,
+                headers: Sequence[tuple[str, str]] = ()) -> Server:
     """Bind the server (raises OSError if the address is taken or not ours).
-    ``worker_init`` runs first in every worker thread."""
+    ``worker_init`` runs first in every worker thread; ``headers`` go on the replies the
+    server writes itself (408, 431, 503, and the handler's 400/414/505)."""
     family, host, port = parse_listen_address(listen)
     try:
         return Server((host, port), app, family=family, ssl_context=ssl_context,
                       max_connections=max_connections, read_timeout_s=read_timeout_s,
-                      worker_init=worker_init)
+                      worker_init=worker_init, headers=headers)
     except OSError:
         if family == socket.AF_INET6 and host == "::":
             # no IPv6 on this host: every IPv4 address instead
             return Server(("", port), app, family=socket.AF_INET, ssl_context=ssl_context,
                           max_connections=max_connections, read_timeout_s=read_timeout_s,
-                          worker_init=worker_init)
+                          worker_init=worker_init, headers=headers)
         raise

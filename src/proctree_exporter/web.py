@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from . import __version__, ui
 from .classification import HEALTHY, ORPHANED, ZOMBIE
 from .events import EventKind, RootEvent
+from .httpserver import SERVER_SOFTWARE
 from .identity import Identity
 from .mirror import MemberInfo, Mirrors, RootMirror
 from .stream import STREAM_KINDS, StreamHub, StreamsFull, parse_cursor, response_head
@@ -59,13 +60,14 @@ class App:
         self._mirrors = mirrors
         self._ready = ready
         self._streams = streams
+        self._headers = web_config.response_headers()
         # (root, path) -> (mirror, its position, built at (monotonic), body)
         self._bodies: dict[tuple[str, str], tuple[RootMirror, tuple[int, int], float, bytes]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
-        extra = list(self.web_config.headers.items())
+        extra = self._headers
 
         def respond(status: str, body: bytes, ctype: str = "text/plain; charset=utf-8",
                     headers: list[tuple[str, str]] | None = None) -> list[bytes]:
@@ -159,7 +161,8 @@ class App:
             hub.release()
             raise
         try:
-            hub.open(sock, names, cursors, kinds, response_head(extra))
+            hub.open(sock, names, cursors, kinds,
+                     response_head([("Server", SERVER_SOFTWARE), *extra]))
         except BaseException:
             hub.release()
             sock.close()

@@ -83,6 +83,14 @@ _HEADERS: dict[str, tuple[str, ...]] = {
     "Content-Security-Policy": (),
 }
 
+# Sent on every response unless the web config sets the same header: the page works
+# under this policy (no inline script or style), and nothing here is meant to be framed.
+DEFAULT_HEADERS: dict[str, str] = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "deny",
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
+}
+
 # Keys newer exporter-toolkit releases know but this exporter does not implement: say so
 # instead of "unknown key", which would look like a typo.
 _NOT_IMPLEMENTED: dict[tuple[str, ...], str] = {
@@ -403,6 +411,12 @@ class WebConfig:
         Raises :class:`WebConfigError` if a certificate or key can no longer be loaded.
         """
         return self.tls.context() if self.tls is not None else None
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """The headers every response carries: the safe defaults, overridden by (and
+        joined with) those the web config sets."""
+        merged = {**DEFAULT_HEADERS, **self.headers}
+        return list(merged.items())
 
     def auth_required(self) -> bool:
         """Whether requests need basic auth (some users are configured)."""
