@@ -467,3 +467,20 @@ def test_concurrent_logins_pay_for_one_bcrypt(auth: WebConfig) -> None:
         results = list(pool.map(auth.check_basic_auth, [header] * 32))
     assert all(results)
     assert auth.cache_hits == 31
+
+
+def test_users_hashed_at_different_costs_are_warned_of(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    cheap = bcrypt.hashpw(b"a", bcrypt.gensalt(rounds=4)).decode()
+    dear = bcrypt.hashpw(b"b", bcrypt.gensalt(rounds=5)).decode()
+    mixed = tmp_path / "mixed.yml"
+    mixed.write_text(f"basic_auth_users:\n  ann: {cheap}\n  bob: {dear}\n")
+    same = tmp_path / "same.yml"
+    same.write_text(f"basic_auth_users:\n  ann: {cheap}\n  cy: {cheap}\n")
+    with caplog.at_level("WARNING", logger="proctree_exporter.web_config"):
+        load_web_config(same)
+        assert not caplog.records
+        load_web_config(mixed)
+    (record,) = caplog.records
+    assert "different bcrypt costs" in record.getMessage()
+    assert record.fields["costs"] == "4,5"  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -32,6 +33,8 @@ import bcrypt
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from .yamlfile import line_of, load_mapping
+
+log = logging.getLogger(__name__)
 
 
 class WebConfigError(ValueError):
@@ -500,6 +503,14 @@ def _parse(text: str, source: str, base_dir: Path) -> WebConfig:
     problems = _tls_problems(t) + _header_problems(headers) + _user_problems(users)
     if problems:
         raise WebConfigError(_format(source, lines, problems))
+    costs = {int(m.group(1)) for m in map(_BCRYPT_HASH.fullmatch, users.values()) if m}
+    if len(costs) > 1:
+        # a wrong password costs what its user's hash costs: with mixed costs, the time
+        # of a failed login tells which user names exist
+        log.warning("basic_auth_users hashed at different bcrypt costs: failed logins "
+                    "take different times per user, which can reveal user names; hash "
+                    "them all at one cost", extra={"fields": {
+                        "source": source, "costs": ",".join(map(str, sorted(costs)))}})
 
     tls = None
     if t.model_fields_set:
