@@ -6,6 +6,7 @@ import base64
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -161,3 +162,45 @@ def test_safe_headers_by_default_and_configured_ones_on_every_reply(
         lines = {line.lower() for line in head.split("\r\n")[1:]}
         assert want <= lines, (what, head)
         assert sum(line.startswith("x-frame-options") for line in lines) == 1, (what, head)
+
+
+def test_a_flood_of_bad_logins_never_holds_up_health_checks_or_cached_logins(
+        janitor: Janitor, tmp_path: Path) -> None:
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=12)).decode()  # ~0.25 s a check
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  prom: {hashed}\n")
+    d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web))
+    good = {"Authorization": "Basic " + base64.b64encode(b"prom:s3cret").decode()}
+    bad = {"Authorization": "Basic " + base64.b64encode(b"prom:guess").decode()}
+    assert d.get("/metrics", good)[0] == 200  # now cached
+    stop = time.monotonic() + 4.0  # bounded: 100 clients (more than the 64 workers), 4 s
+    answers: list[int] = []
+
+    def flood() -> None:
+        while time.monotonic() < stop:
+            try:
+                answers.append(d.get("/metrics", bad)[0])
+            except OSError:
+                answers.append(-1)
+
+    threads = [threading.Thread(target=flood) for _ in range(100)]
+    for t in threads:
+        t.start()
+    healthy: list[float] = []
+    scrape: list[float] = []
+    try:
+        time.sleep(0.5)  # the flood is on
+        while time.monotonic() < stop - 0.5:
+            for path, headers, took in (("/-/healthy", None, healthy), ("/metrics", good, scrape)):
+                t0 = time.monotonic()
+                assert d.get(path, headers)[0] == 200, path
+                took.append(time.monotonic() - t0)
+            time.sleep(0.1)
+    finally:
+        for t in threads:
+            t.join(30)
+    # bounds far above what it takes (ms) and far below what the flood used to cost
+    # (503s, or 12-30 s waits behind one bcrypt lock)
+    assert healthy and max(healthy) < 0.5, healthy
+    assert max(scrape) < 2.0, scrape
+    assert 429 in answers and 401 in answers and 503 not in answers, sorted(set(answers))

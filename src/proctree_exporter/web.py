@@ -32,7 +32,7 @@ from .identity import Identity
 from .mirror import MemberInfo, Mirrors, RootMirror
 from .stream import STREAM_KINDS, StreamHub, StreamsFull, parse_cursor, response_head
 from .users import USER_NAMES
-from .web_config import WebConfig
+from .web_config import AuthBusy, WebConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,12 @@ class App:
             if self._ready():
                 return respond("200 OK", b"OK\n")
             return respond("503 Service Unavailable", b"not ready: seeding from /proc\n")
-        if not self.web_config.check_basic_auth(environ.get("HTTP_AUTHORIZATION")):
+        try:
+            allowed = self.web_config.check_basic_auth(environ.get("HTTP_AUTHORIZATION"))
+        except AuthBusy:  # a flood of unknown logins: refuse at once rather than queue
+            return respond("429 Too Many Requests", b"429 Too Many Requests\n",
+                           headers=[("Retry-After", "1")])
+        if not allowed:
             return respond("401 Unauthorized", b"401 Unauthorized\n",
                            headers=[("WWW-Authenticate",
                                      'Basic realm="proctree-exporter", charset="UTF-8"')])

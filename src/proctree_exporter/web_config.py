@@ -322,6 +322,10 @@ class TLSConfig:
         return ctx
 
 
+class AuthBusy(Exception):
+    """Too many password checks are waiting for bcrypt: answer 429 now, do not queue."""
+
+
 class _AuthCache:
     """Recent successful logins, so a scrape every few seconds doesn't pay bcrypt each time.
 
@@ -331,6 +335,7 @@ class _AuthCache:
     """
 
     MAX_ENTRIES = 1024
+    MAX_QUEUED = 4
 
     def __init__(self) -> None:
         self._key = secrets.token_bytes(32)
@@ -339,6 +344,11 @@ class _AuthCache:
         # One bcrypt at a time, as exporter-toolkit does: a flood of bad logins then burns
         # one core, not all of them.
         self.bcrypt_lock = threading.Lock()
+        # Checks queued for it (running included): beyond MAX_QUEUED a check is refused at
+        # once (AuthBusy), so a flood of bad logins cannot tie up every HTTP worker and
+        # leave health checks and cached logins waiting behind bcrypt.
+        self.queued = 0
+        self.refused = 0
         self.hits = 0
 
     def key(self, user: str, password: bytes, hashed: bytes) -> bytes:
@@ -434,8 +444,9 @@ class WebConfig:
         """Whether a request with this ``Authorization`` header may pass.
 
         True when no users are configured, or the header is ``Basic base64(user:password)``
-        for a configured user and the password matches. Never raises on a malformed header.
-        Safe to call from many threads at once.
+        for a configured user and the password matches. Never raises on a malformed header;
+        raises :class:`AuthBusy` when a login not seen before would have to queue behind
+        more than ``MAX_QUEUED`` password checks. Safe to call from many threads at once.
         """
         if not self.basic_auth_users:
             return True
@@ -445,9 +456,23 @@ class WebConfig:
         user, password = creds
         stored = self.basic_auth_users.get(user)
         hashed = stored if stored is not None else self._dummy
-        key = self._cache.key(user, password, hashed)
-        if self._cache.hit(key):
+        cache = self._cache
+        key = cache.key(user, password, hashed)
+        if cache.hit(key):
             return True
+        with cache._lock:
+            if cache.queued >= cache.MAX_QUEUED:
+                cache.refused += 1
+                raise AuthBusy("too many password checks at once")
+            cache.queued += 1
+        try:
+            return self._check_slowly(key, stored, hashed, password)
+        finally:
+            with cache._lock:
+                cache.queued -= 1
+
+    def _check_slowly(self, key: bytes, stored: bytes | None, hashed: bytes,
+                      password: bytes) -> bool:
         with self._cache.bcrypt_lock:
             # Look again: a thread that held the lock may have just checked the same login,
             # so concurrent first scrapes pay for one bcrypt, not one each.
