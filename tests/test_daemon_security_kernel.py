@@ -171,15 +171,18 @@ def test_a_flood_of_bad_logins_never_holds_up_health_checks_or_cached_logins(
     web.write_text(f"basic_auth_users:\n  prom: {hashed}\n")
     d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web))
     good = {"Authorization": "Basic " + base64.b64encode(b"prom:s3cret").decode()}
-    bad = {"Authorization": "Basic " + base64.b64encode(b"prom:guess").decode()}
     assert d.get("/metrics", good)[0] == 200  # now cached
     stop = time.monotonic() + 4.0  # bounded: 100 clients (more than the 64 workers), 4 s
     answers: list[int] = []
 
-    def flood() -> None:
+    def flood() -> None:  # a guesser: a new password each time, so none is cached
+        n = 0
         while time.monotonic() < stop:
+            n += 1
+            guess = base64.b64encode(f"prom:guess-{threading.get_ident()}-{n}".encode())
             try:
-                answers.append(d.get("/metrics", bad)[0])
+                answers.append(d.get("/metrics", {"Authorization": "Basic " +
+                                                  guess.decode()})[0])
             except OSError:
                 answers.append(-1)
 

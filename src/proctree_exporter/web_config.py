@@ -349,6 +349,9 @@ class _AuthCache:
         # leave health checks and cached logins waiting behind bcrypt.
         self.queued = 0
         self.refused = 0
+        # logins being checked now: the same login arriving meanwhile waits for that
+        # answer (it needs no bcrypt of its own, and takes no place in line)
+        self.pending: dict[bytes, threading.Event] = {}
         self.hits = 0
 
     def key(self, user: str, password: bytes, hashed: bytes) -> bytes:
@@ -461,15 +464,23 @@ class WebConfig:
         if cache.hit(key):
             return True
         with cache._lock:
-            if cache.queued >= cache.MAX_QUEUED:
-                cache.refused += 1
-                raise AuthBusy("too many password checks at once")
-            cache.queued += 1
+            pending = cache.pending.get(key)
+            if pending is None:
+                if cache.queued >= cache.MAX_QUEUED:
+                    cache.refused += 1
+                    raise AuthBusy("too many password checks at once")
+                cache.queued += 1
+                cache.pending[key] = done = threading.Event()
+        if pending is not None:  # the same login is being checked: its answer is ours
+            pending.wait(60)
+            return cache.hit(key)  # only successes are cached: a miss is a failure
         try:
             return self._check_slowly(key, stored, hashed, password)
         finally:
             with cache._lock:
                 cache.queued -= 1
+                del cache.pending[key]
+            done.set()
 
     def _check_slowly(self, key: bytes, stored: bytes | None, hashed: bytes,
                       password: bytes) -> bool:
