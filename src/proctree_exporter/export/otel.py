@@ -91,6 +91,19 @@ def iso8601(t: float) -> str:
         "+00:00", "Z")
 
 
+def _program_attrs(comm: str | None, exe: str | None, cmdline: str | None) -> dict[str, Any]:
+    """What a process runs, as span attributes (``cmdline``: only when captured)."""
+    attrs: dict[str, Any] = {"process.executable.name": _exe_name(exe, comm)}
+    if comm:
+        attrs["proctree.process.comm"] = comm
+    if exe:
+        attrs["process.executable.path"] = exe
+    if cmdline:
+        attrs["process.command_line"] = cmdline
+        attrs["process.command"] = cmdline.split(" ", 1)[0]
+    return attrs
+
+
 def _exe_name(exe: str | None, comm: str | None) -> str:
     if exe:
         return exe.removesuffix(" (deleted)").rsplit("/", 1)[-1]
@@ -376,21 +389,14 @@ class ProcessTracer:
         attrs: dict[str, Any] = {
             "process.pid": ev.pid,
             "process.parent_pid": ppid if ppid is not None else 0,
-            "process.executable.name": _exe_name(ev.exe, ev.comm),
-            "process.command": (ev.cmdline.split(" ", 1)[0] if rt.capture and ev.cmdline
-                                else ev.comm or "?"),
+            "process.command": ev.comm or "?",  # the command line's first word, if captured
             "process.owner": USER_NAMES(ev.uid),
             "process.creation.time": iso8601(started),
             "proctree.root": rt.name,
             "proctree.process.start_ticks": ev.start_ticks,
             "proctree.process.depth": ev.depth or 0,
         }
-        if ev.comm:
-            attrs["proctree.process.comm"] = ev.comm
-        if ev.exe:
-            attrs["process.executable.path"] = ev.exe
-        if rt.capture and ev.cmdline:
-            attrs["process.command_line"] = ev.cmdline
+        attrs.update(_program_attrs(ev.comm, ev.exe, ev.cmdline if rt.capture else None))
         if ev.lineage_known is False:
             attrs["proctree.lineage.known"] = False
         return attrs
@@ -464,15 +470,8 @@ class ProcessTracer:
             return
         self._exec_event(rt, p, ts, seen, old_comm, old_exe)
         p.span.update_name(p.comm or "process")
-        attrs: dict[str, Any] = {"process.executable.name": _exe_name(p.exe, p.comm)}
-        if p.comm:
-            attrs["proctree.process.comm"] = p.comm
-        if p.exe:
-            attrs["process.executable.path"] = p.exe
-        if rt.capture and p.cmdline:
-            attrs["process.command_line"] = p.cmdline
-            attrs["process.command"] = p.cmdline.split(" ", 1)[0]
-        p.span.set_attributes(attrs)
+        p.span.set_attributes(_program_attrs(p.comm, p.exe,
+                                             p.cmdline if rt.capture else None))
 
     def _finish(self, rt: _RootTrace, ident: Identity, ended_at: float,
                 exit_code: int | None, exit_signal: int | None, *, reason: str = "",
