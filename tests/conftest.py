@@ -46,6 +46,12 @@ def start_ticks(pid: int) -> int | None:
         return None
 
 
+# Start times of the processes the current test's janitor started or tracked,
+# so find_node() picks that process, never an older tombstone of its pid
+# (a long suite wraps pids; the fork may not be applied yet when a test looks).
+_KNOWN_STARTS: dict[int, int] = {}
+
+
 class Janitor:
     """Starts test processes and guarantees they end."""
 
@@ -73,9 +79,13 @@ class Janitor:
 
     def track(self, pid: int) -> None:
         """Also end this pid at teardown (if it still is the same process)."""
-        self.pids.setdefault(pid, start_ticks(pid))
+        start = self.pids.setdefault(pid, start_ticks(pid))
+        if start is not None:
+            _KNOWN_STARTS[pid] = start
 
     def cleanup(self) -> None:
+        for pid in self.pids:
+            _KNOWN_STARTS.pop(pid, None)
         for pgid in self.groups:
             try:
                 os.killpg(pgid, signal.SIGKILL)
@@ -121,7 +131,14 @@ def live() -> Iterator[tuple[PidTree, Collector]]:
 
 
 def find_node(tree: PidTree, pid: int, start: int | None = None) -> Node | None:
-    """The newest node for ``pid`` (live or tombstone), optionally of one start time."""
+    """The newest node for ``pid`` (live or tombstone) of one start time.
+
+    Without ``start``, the start time is the one the janitor recorded for
+    ``pid``, else the one /proc shows now; only for a pid neither knows is it
+    the newest node whatever its start.
+    """
+    if start is None:
+        start = _KNOWN_STARTS.get(pid) or start_ticks(pid)
     with tree.lock:
         for node in tree.find(pid):
             if start is None or node.same_start(start):
