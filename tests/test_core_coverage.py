@@ -18,10 +18,10 @@ import coverage  # noqa: F401  (the test dependency this needs: fail, not skip, 
 from .conftest import REPO
 
 NO_KERNEL_TESTS = ("tests/test_membership.py", "tests/test_tree_scenes.py",
-                   "tests/test_mirror.py", "tests/test_events.py")
+                   "tests/test_mirror.py", "tests/test_events.py", "tests/test_state.py")
 BAR = 90.0
 MODULES = ("tree", "membership", "classification", "changelog", "mirror", "events",
-           "identity")
+           "identity", "state")
 
 
 def test_the_core_is_covered_by_tests_that_need_no_kernel(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ from proctree_exporter.collector import LAG_BUCKETS
 from proctree_exporter.export.prometheus import families
 from proctree_exporter.host import HostStates
 from proctree_exporter.snapshot import ReloadStatus, RootSnapshot, Snapshot
+from proctree_exporter.state import StateStats
 from proctree_exporter.stream import StreamStats
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.prom"
@@ -61,6 +62,14 @@ def fixed_snapshot() -> Snapshot:
         reloads=ReloadStatus(success_total=2, failure_total=1, last_success=False),
         streams=StreamStats(open=3, events_sent=12_345,
                             dropped={"slow": 1, "limit": 4, "shutdown": 0}),
+        state=StateStats(enabled=True, writes_total=120, write_failures_total=1,
+                         last_write_ts=1_800_000_098.0, last_write_seconds=0.012,
+                         last_write_bytes=183_000,
+                         ignored={"unreadable": 0, "truncated": 0, "corrupt": 1, "version": 0,
+                                  "other_boot": 0},
+                         restored_processes=1480, restored_members=20,
+                         dropped={"exited": 12, "pid_reused": 1, "inconsistent": 0},
+                         counters_continued=False),
     )
 
 

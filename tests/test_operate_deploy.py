@@ -108,6 +108,9 @@ def test_systemd_unit_is_hardened_but_keeps_the_initial_namespaces(tmp_path: Pat
     assert s.get("ProcSubset", ["all"]) == ["all"]
     assert "AF_NETLINK" in s["RestrictAddressFamilies"][0].split()
     assert s["NoNewPrivileges"] == ["yes"] and s["ProtectSystem"] == ["strict"]
+    # the one writable place: the state directory systemd makes, where --state.path points
+    state = re.search(r"--state\.path (\S+)", s["ExecStart"][0])
+    assert state and str(Path(state.group(1)).parent) == f"/var/lib/{s['StateDirectory'][0]}"
     assert unit_capabilities() == {"net_admin", "sys_ptrace", "dac_read_search", "kill"}
     analyze = tool("systemd-analyze", "scripts/bootstrap test installs Debian's systemd")
     unit = tmp_path / UNIT.name
@@ -143,7 +146,14 @@ def test_kustomize_renders_every_object() -> None:
     mount = c["volumeMounts"][0]["mountPath"]
     assert c["args"] == ["--config", f"{mount}/config.yaml"]
     port = c["ports"][0]["containerPort"]
-    assert yaml.safe_load(cm["data"]["config.yaml"])["web"]["listen_address"] == f":{port}"
+    config = yaml.safe_load(cm["data"]["config.yaml"])
+    assert config["web"]["listen_address"] == f":{port}"
+    # the state file is on a volume that outlives the pod: the node's disk
+    state_dir = str(Path(config["state"]["path"]).parent)
+    state = next(m for m in c["volumeMounts"] if m["mountPath"] == state_dir)
+    assert not state.get("readOnly")
+    volume = next(v for v in pod["volumes"] if v["name"] == state["name"])
+    assert volume["hostPath"]["path"] == state_dir
     svc = next(d for d in docs if d["kind"] == "Service")
     assert svc["spec"]["ports"][0]["port"] == port
     assert svc["spec"]["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()

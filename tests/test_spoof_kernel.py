@@ -22,7 +22,10 @@ def connector_port(pid: int) -> int:
     """The netlink port id of ``pid``'s proc connector socket, found through /proc."""
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed since the listing (an HTTP connection, a file)
+            continue
         if target.startswith("socket:["):
             inodes.add(int(target[8:-1]))
     with open("/proc/net/netlink") as f:

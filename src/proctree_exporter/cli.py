@@ -120,6 +120,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"proctree-exporter: --web.listen-address: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+    if args.state_path:  # a path given on the command line is relative to the cwd
+        cfg = cfg.model_copy(update={"state": cfg.state.model_copy(
+            update={"path": os.path.abspath(args.state_path)})})
     setup_logging(args.log_level or cfg.log.level, args.log_format or cfg.log.format)
     log.info("starting", extra={"fields": {"version": __version__,
                                             "config": str(path or "(built-in defaults)")}})
@@ -455,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=["text", "json"])
         q.add_argument("--web.listen-address", dest="listen_address", default=default,
                        help="[HOST]:PORT to serve on (default from config, ':9632')")
+        q.add_argument("--state.path", dest="state_path", default=default,
+                       help="the state file kept across restarts (default from config: none)")
     for q, default in ((p, None), (run, argparse.SUPPRESS), (check, argparse.SUPPRESS)):
         q.add_argument("--web.config.file", dest="web_config_file", default=default,
                        help="exporter-toolkit web config: TLS and basic auth")

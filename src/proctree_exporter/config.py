@@ -146,6 +146,20 @@ class HostConfig(_Strict):
     state_sample_interval_seconds: float = Field(15.0, ge=1, le=3600)
 
 
+class StateConfig(_Strict):
+    """``state:`` the state file that keeps lineage, classes and counters across restarts."""
+
+    path: str | None = None  # off when unset; scripts/run and deploy/ set it
+    interval_seconds: float = Field(5.0, ge=0.5, le=3600)
+
+    @field_validator("path")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("an empty path: leave it unset (null) to keep no state")
+        return v
+
+
 class LogConfig(_Strict):
     """``log:`` level and format of the daemon's own log lines."""
 
@@ -216,6 +230,7 @@ class Config(_Strict):
     collector: CollectorConfig = CollectorConfig()
     tree: TreeConfig = TreeConfig()
     host: HostConfig = HostConfig()
+    state: StateConfig = StateConfig()
     roots: list[RootConfig] = Field(default_factory=lambda: list(DEFAULT_ROOTS),
                                     max_length=1000)
     log: LogConfig = LogConfig()

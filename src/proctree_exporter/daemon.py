@@ -32,8 +32,10 @@ from .membership import Roots
 from .mirror import Mirrors
 from .procfs import ProcFS
 from .snapshot import ReloadStatus, Snapshot, take
+from .state import StateDoc, StateError, StateStats, StateWriter, boot_id
+from .state import read as read_state
 from .stream import StreamHub
-from .tree import PidTree
+from .tree import LineageRestore, PidTree
 from .web import App, event_json
 from .web_config import WebConfig, load_web_config
 
@@ -84,6 +86,8 @@ class Daemon:
         self.streams: StreamHub | None = None  # /api/v1/events
         self.otel: Any = None  # export.otel.OtelExporter while otel.enabled (imported then)
         self.capabilities: tuple[Capability, ...] = ()
+        self.state_stats = StateStats(enabled=cfg.state.path is not None)
+        self.state_writer: StateWriter | None = None
         self.reloads = ReloadStatus()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(self.snapshot))
@@ -106,7 +110,16 @@ class Daemon:
         return take(self.tree, self.collector, self.roots, self.capabilities,
                     self.sampler.latest, self.reloads,
                     self.otel.stats() if self.otel is not None else None,
-                    self.streams.stats if self.streams is not None else None)
+                    self.streams.stats if self.streams is not None else None,
+                    self.state_stats)
+
+    def state_path(self) -> Path | None:
+        """Where the state file is (a relative ``state.path`` is beside the config)."""
+        path = self.cfg.state.path
+        if path is None:
+            return None
+        p = Path(path)
+        return p if p.is_absolute() or self.config_path is None else self.config_path.parent / p
 
     def start(self) -> None:
         """Start collecting and serving; return once the tree is seeded and roots attached."""
@@ -120,8 +133,17 @@ class Daemon:
         if self.collector.failed is not None:
             raise RuntimeError(f"collector failed: {self.collector.failed}")
         self.sampler.start()
-        roots = Roots(self.tree, self.cfg.root_specs(), clock=self.tree.clock)
-        roots.attach()
+        state_path = self.state_path()
+        boot = boot_id()
+        # read and checked before the lock: the collector keeps applying events meanwhile
+        saved = self._read_state(state_path, boot) if state_path is not None else None
+        t0 = time.monotonic()
+        with self.tree.lock:  # one step: no event lands between the restore and the roots
+            lineage = self.tree.restore_lineage(saved.processes) if saved else None
+            roots = Roots(self.tree, self.cfg.root_specs(), clock=self.tree.clock)
+            if saved is not None and lineage is not None:
+                self._restore_roots(roots, saved, lineage, time.monotonic() - t0)
+            roots.attach()
         self.capabilities = tuple(negotiate(
             self.collector.stats, read_cgroups=self.tree.read_cgroups,
             poll_interval_s=self.cfg.collector.poll_interval_seconds))
@@ -137,6 +159,11 @@ class Daemon:
         # (bench/stream.py: at nice 10, 10 clients fell 18 s behind a 2,000 forks/s storm)
         streams = StreamHub(roots, event_json, max_streams=self.cfg.web.max_streams)
         streams.start()
+        if state_path is not None:
+            self.state_writer = StateWriter(
+                state_path, self.cfg.state.interval_seconds, roots,
+                lambda: self.snapshot().roots, self.state_stats, boot)
+            self.state_writer.start()
         # the tree's nodes live long: keep the cyclic GC from rescanning them on every
         # full collection (which put 40-90 ms pauses into scrapes on 20,000-process
         # hosts). Evicted nodes have their links cut, so refcounting still frees them.
@@ -189,9 +216,42 @@ class Daemon:
             self.server.shutdown()
         self.server.server_close()
         self.sampler.stop()
+        if self.state_writer is not None:
+            self.state_writer.stop()  # the last, clean write: counters continue after it
         if self.otel is not None:
             self.otel.stop()  # ends open spans, flushes within otel.shutdown_timeout_seconds
         self.collector.stop(timeout=1.0)
+
+    def _read_state(self, path: Path, boot: str) -> StateDoc | None:
+        """The state file, or None (none yet, or ignored: one log line and a metric)."""
+        try:
+            doc = read_state(path, boot=boot)
+        except StateError as exc:
+            self.state_stats.ignored[exc.reason] += 1
+            log.warning("state file ignored", extra={"fields": {
+                "path": str(path), "reason": exc.reason, "detail": exc.detail}})
+            return None
+        if doc is None:
+            log.info("no state file yet", extra={"fields": {"path": str(path)}})
+        return doc
+
+    def _restore_roots(self, roots: Roots, saved: StateDoc, lineage: LineageRestore,
+                       lineage_s: float) -> None:
+        stats = self.state_stats
+        t0 = time.monotonic()
+        members = roots.restore(
+            saved.roots if saved.clean else [r._replace(counters=None) for r in saved.roots],
+            lineage.restored)
+        stats.restored_processes = len(lineage.restored)
+        stats.restored_members = members
+        stats.dropped = dict(lineage.dropped)
+        stats.counters_continued = saved.clean
+        log.info("state restored", extra={"fields": {
+            "processes": len(lineage.restored), "members": members,
+            "links": lineage.links, "clean": saved.clean,
+            "age_seconds": round(time.time() - saved.written_at, 1),
+            "seconds": round(lineage_s + time.monotonic() - t0, 3),
+            **{f"dropped_{k}": v for k, v in lineage.dropped.items()}}})
 
     def reload(self) -> bool:
         """Re-read the config file and apply what can change while running."""
@@ -217,6 +277,7 @@ class Daemon:
             ("collector", self.cfg.collector, new.collector),
             ("web", self.cfg.web, new.web),
             ("host", self.cfg.host, new.host),
+            ("state", self.cfg.state, new.state),
             ("log.format", self.cfg.log.format, new.log.format),
             ("otel", self.cfg.otel, new.otel)) if old != now]
         if restart:

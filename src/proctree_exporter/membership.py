@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .actions import ActionOutcome, Cleanup, action_name, send_to_identity
 from .changelog import ChangeLog, Relist, Wakeup
@@ -153,6 +154,37 @@ class RootState:
         return ev.new_class if ev is not None and ev.new_class else HEALTHY
 
 
+class SavedCounters(NamedTuple):
+    """A root's cumulative figures as an earlier run left them at its shutdown."""
+
+    spawned_total: int
+    exited_total: int
+    restarts_total: int
+    pid_reuse_total: int
+    class_changes_total: dict[str, int]
+    actions_total: dict[tuple[str, str], int]  # (action, outcome) -> count
+
+
+class SavedMember(NamedTuple):
+    """A live member of a root as an earlier run knew it."""
+
+    identity: Identity
+    depth: int
+    cls: str
+
+
+class SavedRoot(NamedTuple):
+    """One root as an earlier run's state file describes it (see :meth:`Roots.restore`)."""
+
+    name: str
+    select: str
+    match: str
+    had_instance: bool
+    instances: tuple[Identity, ...]  # live when saved
+    members: tuple[SavedMember, ...]
+    counters: SavedCounters | None  # only after a clean shutdown: then they continue
+
+
 class Roots(TreeListener):
     """Every root being watched, kept current by the tree's changes; the core's
     :class:`~.changelog.EventSource`."""
@@ -224,6 +256,74 @@ class Roots(TreeListener):
             self._rematch = [r for r in self.roots.values() if r.selector.rematches]
             self._emit(root, EventKind.ROOT_REMOVED, None, self.clock.now())
             self._publish()
+
+    def restore(self, saved: Iterable[SavedRoot], nodes: dict[Identity, Node]) -> int:
+        """Bring back what an earlier run knew of each root that is still configured
+        the same way (same selector); return the members restored.
+
+        Call once, right after the roots were added to a tree whose lineage was
+        restored (``nodes``: saved identity -> live node, from
+        :meth:`~.tree.PidTree.restore_lineage`). A root with a live instance has
+        found its restored members by lineage already; this joins the members of
+        a root whose instance exited before the restart (orphans left by a
+        wrapper), at their saved depth, and classes them. With ``counters`` (a
+        clean shutdown), the cumulative figures continue from the saved ones,
+        plus what can be known of the time in between: members that appeared
+        count as spawned, members gone as exited, a new instance as a restart.
+        """
+        joined = 0
+        with self.tree.lock:
+            for sr in saved:
+                root = self.roots.get(sr.name)
+                if root is None or (root.spec.select, root.spec.match) != (sr.select, sr.match):
+                    continue
+                ts = self._now()
+                for member in sorted(sr.members, key=lambda m: m.depth):
+                    node = nodes.get(member.identity)
+                    if node is None or node.exited or member.depth == 0 \
+                            or node in root.members or node in root.unreaped:
+                        continue
+                    max_depth = root.spec.max_depth
+                    if max_depth is not None and member.depth > max_depth:
+                        continue
+                    joined += 1
+                    self._join(root, node, member.depth, ts)
+                    parent = node.parent
+                    if parent is not None and is_orphaned(
+                            depth=member.depth, parent_exited=parent.exited, ppid=node.ppid,
+                            parent_pid=parent.pid):
+                        self._orphan(node, parent, only=root)
+                    self._join_subtree(root, node, ts)
+                root.had_instance = root.had_instance or sr.had_instance
+                if sr.counters is not None:
+                    self._continue_counters(root, sr, nodes)
+            self._publish()
+        return joined
+
+    def _continue_counters(self, root: RootState, sr: SavedRoot,
+                           nodes: dict[Identity, Node]) -> None:
+        c = sr.counters
+        assert c is not None
+        now = {n: root.class_of(n) for n, d in root.members.items() if root.listed(d)}
+        before: dict[Node | Identity, str] = {}
+        for m in sr.members:
+            if root.listed(m.depth):
+                before[nodes.get(m.identity, m.identity)] = m.cls
+        changes = dict(c.class_changes_total)
+        for node, cls in now.items():
+            if cls != HEALTHY and before.get(node) != cls:
+                changes[cls] = changes.get(cls, 0) + 1
+        restarts = c.restarts_total
+        saved_instances = {nodes.get(i, i) for i in sr.instances}
+        if root.instances and sr.had_instance and not saved_instances & set(root.instances):
+            restarts += 1  # the instance it had (or its last one) was replaced meanwhile
+            changes["restarted"] = changes.get("restarted", 0) + 1
+        root.spawned_total = c.spawned_total + sum(1 for n in now if n not in before)
+        root.exited_total = c.exited_total + sum(1 for n in before if n not in now)
+        root.restarts = restarts
+        root.pid_reuse_seen = c.pid_reuse_total
+        root.class_changes_total = changes
+        root.actions = dict(c.actions_total)
 
     def _scan(self, root: RootState) -> None:
         """Find a new root's instances among the live processes (start-up, reload)."""

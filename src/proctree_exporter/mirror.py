@@ -51,6 +51,7 @@ class MemberInfo(NamedTuple):
     exited_at: float | None = None
     exit_code: int | None = None
     exit_signal: int | None = None
+    lineage_start: int | None = None  # the fork parent's start time (ticks since boot)
 
     @property
     def identity(self) -> Identity:
@@ -63,7 +64,7 @@ def member_from(ev: RootEvent, user: Callable[[int | None], str] = USER_NAMES) -
     return MemberInfo(ev.pid, ev.start_ticks, ev.comm, ev.exe, ev.cmdline, user(ev.uid),
                       ev.ppid if ev.ppid is not None else 0, ev.lineage_ppid,
                       bool(ev.lineage_known), ev.lineage_source or "", ev.depth or 0, HEALTHY,
-                      "", ev.started_at or ev.ts)
+                      "", ev.started_at or ev.ts, lineage_start=ev.lineage_start)
 
 
 class RootMirror:
@@ -92,6 +93,9 @@ class RootMirror:
         self.restarts_total = 0
         self.recent: deque[tuple[str, MemberInfo]] = deque(maxlen=history)  # added/removed
         self.events: deque[RootEvent] = deque(maxlen=history)  # class, restart, action
+        # the event that gave each live or kept member its class (it names the other
+        # process: the dead parent of an orphan, the parent not reaping a zombie)
+        self.class_events: dict[Identity, RootEvent] = {}
         # per-member data a reader derives (e.g. encoded JSON), dropped when the member
         # changes: readers fill it inside read()
         self.cache: dict[Identity, Any] = {}
@@ -196,6 +200,7 @@ class RootMirror:
         self.instances.clear()
         self.ancestors.clear()
         self.cache.clear()
+        self.class_events.clear()
         self.classes = {HEALTHY: 0, ORPHANED: 0, ZOMBIE: 0}
         self.recent.clear()
         self.events.clear()
@@ -263,6 +268,7 @@ class RootMirror:
         elif kind is EventKind.CLASS:
             self._reclass(ident, ev)
         elif kind is EventKind.LEFT:
+            self.class_events.pop(ident, None)
             if self.exited.pop(ident, None) is not None:
                 self.cache.pop(ident, None)
         elif kind is EventKind.RESTART:
@@ -285,6 +291,7 @@ class RootMirror:
 
     def _reclass(self, ident: Identity, ev: RootEvent) -> None:
         new = ev.new_class or HEALTHY
+        self.class_events[ident] = ev
         live = self.members.get(ident)
         if live is not None:
             self.classes[live.cls] -= 1

@@ -25,12 +25,20 @@ from .config import RootConfig
 from .events import EventKind, RootEvent
 from .rootspec import SELECT_KINDS
 from .stream import ERROR_REASONS, STREAM_KINDS
-from .tree import LINEAGE_FORK, LINEAGE_LATE, LINEAGE_POLL, LINEAGE_RESYNC, LINEAGE_SNAPSHOT
+from .tree import (
+    LINEAGE_FORK,
+    LINEAGE_LATE,
+    LINEAGE_POLL,
+    LINEAGE_RESTORED,
+    LINEAGE_RESYNC,
+    LINEAGE_SNAPSHOT,
+)
 
 Schema = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
-LINEAGE_SOURCES = (LINEAGE_FORK, LINEAGE_SNAPSHOT, LINEAGE_RESYNC, LINEAGE_LATE, LINEAGE_POLL)
+LINEAGE_SOURCES = (LINEAGE_FORK, LINEAGE_SNAPSHOT, LINEAGE_RESYNC, LINEAGE_LATE, LINEAGE_POLL,
+                   LINEAGE_RESTORED)
 
 
 def _ref(name: str) -> Schema:
@@ -103,8 +111,9 @@ _EVENT_FIELDS: dict[str, Schema] = {
                                      "the fork parent is a guess."},
     "lineage_source": {"type": "string", "enum": list(LINEAGE_SOURCES),
                        "description": "Where the fork parent was learnt: a FORK event, the "
-                                      "start-up snapshot, a resync, or late (first seen at "
-                                      "EXEC or in /proc)."},
+                                      "start-up snapshot, a resync, late (first seen at "
+                                      "EXEC or in /proc), or restored (the state file of an "
+                                      "earlier run)."},
     "depth": {"type": "integer", "minimum": 0,
               "description": "Generations below its instance (0: an instance)."},
     "started_at": _TS,
@@ -208,6 +217,9 @@ def _member_props() -> dict[str, Schema]:
         "ppid": {"type": "integer", "minimum": 0, "description": "The current parent."},
         "lineage_ppid": {"type": ["integer", "null"], "minimum": 0,
                          "description": "The fork parent."},
+        "lineage_start": {"type": ["integer", "null"], "minimum": 0,
+                          "description": "The fork parent's start time (ticks since boot): "
+                                         "with lineage_ppid, its identity."},
         "lineage_known": _EVENT_FIELDS["lineage_known"],
         "lineage_source": _EVENT_FIELDS["lineage_source"],
         "depth": _EVENT_FIELDS["depth"],
@@ -221,8 +233,8 @@ def _member_props() -> dict[str, Schema]:
 
 
 _MEMBER_REQUIRED = ("pid", "start_ticks", "comm", "exe", "user", "ppid", "lineage_ppid",
-                    "lineage_known", "lineage_source", "depth", "class", "reason",
-                    "started_at", "exited_at", "exit_code", "exit_signal")
+                    "lineage_start", "lineage_known", "lineage_source", "depth", "class",
+                    "reason", "started_at", "exited_at", "exit_code", "exit_signal")
 
 
 def _root_props() -> dict[str, Schema]:

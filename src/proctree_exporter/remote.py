@@ -191,7 +191,7 @@ def member_from_doc(d: dict[str, Any]) -> MemberInfo:
         d.get("user") or "?", d.get("ppid") or 0, d.get("lineage_ppid"),
         bool(d.get("lineage_known")), d.get("lineage_source") or "", d.get("depth") or 0,
         _class(d.get("class") or HEALTHY), d.get("reason") or "", d.get("started_at") or 0.0,
-        d.get("exited_at"), d.get("exit_code"), d.get("exit_signal"))
+        d.get("exited_at"), d.get("exit_code"), d.get("exit_signal"), d.get("lineage_start"))
 
 
 @dataclass(frozen=True, slots=True)

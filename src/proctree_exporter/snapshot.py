@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import __version__
 from .capabilities import Capability
 from .collector import LAG_BUCKETS, Collector
 from .host import HostStates
 from .membership import Roots, RootState
+from .state import StateStats
 from .stream import StreamStats
 from .tree import PidTree
 
@@ -103,12 +104,13 @@ class Snapshot:
     reloads: ReloadStatus = field(default_factory=ReloadStatus)
     otel: OtelStats | None = None  # None while OpenTelemetry export is off
     streams: StreamStats | None = None  # None until ready
+    state: StateStats | None = None  # None while no state file is kept
 
 
 def take(tree: PidTree, collector: Collector, roots: Roots | None,
          capabilities: tuple[Capability, ...], host_states: HostStates | None,
          reloads: ReloadStatus, otel: OtelStats | None = None,
-         streams: StreamStats | None = None) -> Snapshot:
+         streams: StreamStats | None = None, state: StateStats | None = None) -> Snapshot:
     """Copy the current state under the tree lock. O(roots), not O(processes)."""
     cs = collector.stats
     with tree.lock:
@@ -155,6 +157,8 @@ def take(tree: PidTree, collector: Collector, roots: Roots | None,
             otel=otel,
             streams=StreamStats(streams.open, streams.events_sent, dict(streams.dropped))
             if streams is not None else None,
+            state=replace(state, ignored=dict(state.ignored), dropped=dict(state.dropped))
+            if state is not None and state.enabled else None,
         )
     return snap
 

@@ -43,6 +43,7 @@ LINEAGE_SNAPSHOT = "snapshot"  # ppid at start-up (may already be a reparenting)
 LINEAGE_RESYNC = "resync"  # ppid at a resync after lost events
 LINEAGE_LATE = "late"  # first seen at EXEC or via /proc, ppid at that time
 LINEAGE_POLL = "poll"  # seen by the /proc polling fallback, ppid at that time
+LINEAGE_RESTORED = "restored"  # an earlier run's state file named the fork parent
 
 
 class Node:
@@ -224,6 +225,30 @@ class ReconcileResult:
     vanished: int
     reused: int
     reparented: int
+
+
+class SavedProcess(NamedTuple):
+    """One process as an earlier run knew it (see :meth:`PidTree.restore_lineage`)."""
+
+    pid: int
+    start_ticks: int
+    parent: Identity | None  # its fork parent
+    comm: str | None
+    alive: bool  # alive when saved; else a dead ancestor kept as a lineage link
+
+
+@dataclass
+class LineageRestore:
+    """What :meth:`PidTree.restore_lineage` did."""
+
+    restored: dict[Identity, Node]  # saved identity -> the live node that is that process
+    dropped: dict[str, int]  # saved live processes not restored, by reason
+    links: int = 0  # dead ancestors put back as tombstones to carry lineage
+
+
+DROP_EXITED = "exited"  # gone while the exporter was down
+DROP_PID_REUSED = "pid_reused"  # its pid now names another process
+DROP_INCONSISTENT = "inconsistent"  # its saved parent cannot be its parent (younger, a cycle)
 
 
 class PidTree:
@@ -908,6 +933,88 @@ class PidTree:
         self._evict_tombstones(now)
         return ReconcileResult(added=len(new), vanished=vanished, reused=reused,
                                reparented=reparented)
+
+    def restore_lineage(self, saved: Iterable[SavedProcess]) -> LineageRestore:
+        """Give live processes back the fork parents an earlier run learned.
+
+        A saved process is restored only onto the live node that is that same
+        process (pid and start time, by the rule of :mod:`.identity`); one whose
+        pid is free now, or held by another process, is dropped and counted.
+        Its fork parent becomes its lineage parent again: the live process, or a
+        tombstone rebuilt from the saved entry (with its own saved parent), so a
+        wrapper that exited before the restart still carries its orphans.
+        Restored nodes say ``lineage_source: restored``. Call right after the
+        tree is seeded; takes :attr:`lock`.
+        """
+        with self.lock:
+            by_id = {Identity(s.pid, s.start_ticks): s for s in saved}
+            result = LineageRestore({}, {DROP_EXITED: 0, DROP_PID_REUSED: 0,
+                                         DROP_INCONSISTENT: 0})
+            for ident, s in by_id.items():
+                if not s.alive:
+                    continue
+                node = self._live.get(s.pid)
+                if node is None:
+                    result.dropped[DROP_EXITED] += 1
+                elif not same_start(s.start_ticks, node.start_ticks):
+                    result.dropped[DROP_PID_REUSED] += 1
+                else:
+                    result.restored[ident] = node
+            tombs: dict[Identity, Node] = {}
+            for t in self._tombstones:
+                tombs.setdefault(t.identity, t)
+            now = self.clock.monotonic_ns()
+
+            def resolve(ident: Identity) -> Node:
+                """The node for a saved parent identity; dead ones become tombstones."""
+                chain: list[Identity] = []
+                seen: set[Identity] = set()
+                top: Node | None = None
+                cur: Identity | None = ident
+                while cur is not None and cur not in seen:
+                    seen.add(cur)
+                    live = self._live.get(cur.pid)
+                    if live is not None and same_start(cur.start_ticks, live.start_ticks):
+                        top = live
+                        break
+                    if cur in tombs:
+                        top = tombs[cur]
+                        break
+                    chain.append(cur)
+                    entry = by_id.get(cur)
+                    cur = entry.parent if entry is not None else None
+                for link_id in reversed(chain):  # oldest first: each under the one above
+                    entry = by_id.get(link_id)
+                    link = Node(link_id.pid, link_id.start_ticks, start_exact=False, ppid=0,
+                                parent=None, lineage_source=LINEAGE_RESTORED,
+                                comm=entry.comm if entry is not None else None, state="X",
+                                threads=0)
+                    link.exited = link.reaped = True
+                    link.exit_ns = now
+                    if top is not None and top.start_ticks <= link.start_ticks + 1:
+                        self._set_parent(link, top)
+                    self._tombstones[link] = None
+                    tombs[link_id] = link
+                    result.links += 1
+                    top = link
+                assert top is not None
+                return top
+
+            for ident, node in list(result.restored.items()):
+                want = by_id[ident].parent
+                if want is None:
+                    continue
+                parent = resolve(want)
+                if parent is node or parent.start_ticks > node.start_ticks + 1 \
+                        or any(a is node for a in self.ancestors(parent)):
+                    result.dropped[DROP_INCONSISTENT] += 1
+                    del result.restored[ident]
+                    continue
+                if node.parent is not parent:
+                    self._set_parent(node, parent)
+                node.lineage_source = LINEAGE_RESTORED
+                self._set_lineage_known(node, True)
+            return result
 
     def _vanish(self, node: Node) -> None:
         """A tracked process is gone from /proc without an EXIT we saw."""

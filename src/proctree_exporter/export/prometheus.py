@@ -22,7 +22,9 @@ from prometheus_client.registry import Collector
 
 from ..classification import LIVE_CLASSES
 from ..snapshot import Snapshot
+from ..state import IGNORE_REASONS
 from ..stream import DROP_REASONS
+from ..tree import DROP_EXITED, DROP_INCONSISTENT, DROP_PID_REUSED
 
 
 def families(snap: Snapshot) -> Iterator[Metric]:
@@ -32,6 +34,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _self_families(snap)
     yield from _otel_families(snap)
     yield from _stream_families(snap)
+    yield from _state_families(snap)
 
 
 def _root_families(snap: Snapshot) -> Iterator[Metric]:
@@ -248,6 +251,46 @@ def _stream_families(snap: Snapshot) -> Iterator[Metric]:
     for reason in DROP_REASONS:
         dropped.add_metric([reason], streams.dropped.get(reason, 0) if streams else 0)
     yield dropped
+
+
+def _state_families(snap: Snapshot) -> Iterator[Metric]:
+    """The state file's families: only while one is kept (``state.path``)."""
+    st = snap.state
+    if st is None:
+        return
+    yield CounterMetricFamily("proctree_state_writes",
+                              "State file writes that succeeded.", value=st.writes_total)
+    yield CounterMetricFamily("proctree_state_write_failures",
+                              "State file writes that failed (the log says why).",
+                              value=st.write_failures_total)
+    yield GaugeMetricFamily("proctree_state_last_write_timestamp_seconds",
+                            "When the state file was last written successfully (Unix time).",
+                            value=st.last_write_ts)
+    yield GaugeMetricFamily("proctree_state_last_write_duration_seconds",
+                            "How long the last successful write took, capture to fsync.",
+                            value=st.last_write_seconds)
+    yield GaugeMetricFamily("proctree_state_last_write_bytes",
+                            "Size of the state file last written.", value=st.last_write_bytes)
+    ignored = CounterMetricFamily("proctree_state_ignored",
+                                  "State files ignored at start, by reason: unreadable, "
+                                  "truncated, corrupt, version, other_boot.", labels=["reason"])
+    for reason in IGNORE_REASONS:
+        ignored.add_metric([reason], st.ignored.get(reason, 0))
+    yield ignored
+    yield GaugeMetricFamily("proctree_state_restored_processes",
+                            "Live processes whose fork parent came back from the state file "
+                            "at start.", value=st.restored_processes)
+    dropped = GaugeMetricFamily("proctree_state_dropped_processes",
+                                "Processes in the state file not restored at start, by reason: "
+                                "exited (while the exporter was down), pid_reused (their pid "
+                                "names another process now), inconsistent.", labels=["reason"])
+    for reason in (DROP_EXITED, DROP_PID_REUSED, DROP_INCONSISTENT):
+        dropped.add_metric([reason], st.dropped.get(reason, 0))
+    yield dropped
+    yield GaugeMetricFamily("proctree_state_counters_continued",
+                            "1 if the per-root counters continued from a state file written "
+                            "at a clean shutdown, 0 if they started from zero.",
+                            value=int(st.counters_continued))
 
 
 def _le(bound: float) -> str:
