@@ -214,7 +214,8 @@ def _rate(metric: str, sel: str, by: str) -> str:
 
 
 def overview() -> dict[str, Any]:
-    """Per instance: source, events, loss, resyncs, roots; per root: orphans, zombies, churn."""
+    """Per instance: source, events, loss, resyncs, roots; per root: orphans, zombies, churn,
+    CPU and memory."""
     by_i = "job, instance"
     by_r = "job, instance, root"
     exporter = [
@@ -330,6 +331,25 @@ def overview() -> dict[str, Any]:
         Panel("timeseries", "Exit rate by root", "Processes leaving each root's tree.", "cps",
               [Q(_rate("proctree_root_exited_total", ROOT, by_r), "{{instance}} {{root}}")],
               width=12, extra={"min": 0}),
+        Panel("table", "Top roots by CPU",
+              "The ten roots whose processes use the most CPU now (cores), short-lived and "
+              "orphaned ones included.", "percentunit",
+              [Q("topk(10, " + _rate("proctree_root_cpu_seconds_total", ROOT, by_r) + ")",
+                 instant=True)],
+              width=8, height=8,
+              extra={"transformations": [
+                  {"id": "organize", "options": {"excludeByName": {"Time": True},
+                                                 "indexByName": {},
+                                                 "renameByName": {"Value": "CPU"}}}]}),
+        Panel("timeseries", "CPU by root",
+              "CPU used by each root's processes (1 = one core): exited ones at their exit, "
+              "from the kernel's record; live ones from their samples.", "percentunit",
+              [Q(_rate("proctree_root_cpu_seconds_total", ROOT, by_r), "{{instance}} {{root}}")],
+              width=8, extra={"min": 0}),
+        Panel("timeseries", "Memory by root",
+              "Resident memory of each root's live processes, summed.", "bytes",
+              [Q(f"sum by ({by_r}) (proctree_root_memory_rss_bytes{{{ROOT}}})",
+                 "{{instance}} {{root}}")], width=8, extra={"min": 0}),
     ]
     host = [
         Panel("timeseries", "Host processes by state",
@@ -354,7 +374,8 @@ def overview() -> dict[str, Any]:
 
 
 def root() -> dict[str, Any]:
-    """One root: up, members by class, spawned and exited, restarts, actions, depth."""
+    """One root: up, members by class, spawned and exited, restarts, actions, depth, and
+    what it costs (CPU, memory, IO, threads, files, switches, faults)."""
     by_r = "job, instance, root"
     stats = [
         Panel("stat", "Up", "Whether a process matching the root's selector is alive.", "none",
@@ -414,11 +435,37 @@ def root() -> dict[str, Any]:
               [Q(f"sum by ({by_r}) (proctree_root_tombstones{{{ROOT}}})", "{{instance}}")],
               width=12, extra={"min": 0}),
     ]
+    cost = [
+        Panel("timeseries", "CPU",
+              "CPU used by the tree's processes by mode (1 = one core): exited ones from the "
+              "kernel's exit record, live ones from their samples.", "percentunit",
+              [Q(_rate("proctree_root_cpu_seconds_total", ROOT, by_r + ", mode"),
+                 "{{instance}} {{mode}}")], width=12, extra={"stack": True, "min": 0}),
+        Panel("timeseries", "Memory",
+              "Resident memory of the live processes, summed (and PSS with resources.pss).",
+              "bytes",
+              [Q(f"sum by ({by_r}) (proctree_root_memory_rss_bytes{{{ROOT}}})",
+                 "{{instance}} rss")], width=12, extra={"min": 0}),
+        Panel("timeseries", "Storage IO", "Bytes read from and dirtied for storage.", "binBps",
+              [Q(_rate("proctree_root_io_bytes_total", ROOT, by_r + ", direction"),
+                 "{{instance}} {{direction}}")], width=12, extra={"min": 0}),
+        Panel("timeseries", "Threads and open files",
+              "Threads and open file descriptors of the live processes.", "short",
+              [Q(f"sum by ({by_r}) (proctree_root_threads{{{ROOT}}})", "{{instance}} threads"),
+               Q(f"sum by ({by_r}) (proctree_root_open_fds{{{ROOT}}})",
+                 "{{instance}} open fds")], width=12, extra={"min": 0}),
+        Panel("timeseries", "Context switches and page faults",
+              "Per second, by kind.", "cps",
+              [Q(_rate("proctree_root_context_switches_total", ROOT, by_r + ", kind"),
+                 "{{instance}} {{kind}} switches"),
+               Q(_rate("proctree_root_page_faults_total", ROOT, by_r + ", kind"),
+                 "{{instance}} {{kind}} faults")], width=24, extra={"min": 0}),
+    ]
     return _dashboard(
         ROOT_UID, "proctree-exporter / Root",
         "One process tree: its instances, members by class, churn, restarts and cleanup "
         "actions. Per-process detail: the exporter's /api/v1/roots/NAME.",
-        _layout([("Now", stats), ("Over time", series)]), root_multi=False,
+        _layout([("Now", stats), ("Over time", series), ("Cost", cost)]), root_multi=False,
         links=[{"title": "Overview", "type": "link", "icon": "dashboard",
                 "url": f"/d/{OVERVIEW_UID}/", "includeVars": True, "keepTime": True,
                 "targetBlank": False, "tooltip": "", "asDropdown": False, "tags": []}])

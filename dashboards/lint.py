@@ -44,7 +44,7 @@ RULES = REPO / "deploy" / "prometheus" / "rules.yml"
 PANEL_TYPES = {"timeseries", "stat", "table", "row"}
 # Grafana unit ids this project may use (a subset of dashboard-linter's list).
 UNITS = {"none", "short", "percent", "percentunit", "s", "ms", "µs", "ns", "dtdurations",
-         "cps", "ops", "bytes", "decbytes", "bool", "bool_yes_no", "bool_on_off",
+         "cps", "ops", "bytes", "decbytes", "binBps", "bool", "bool_yes_no", "bool_on_off",
          "dateTimeFromNow", "string"}
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
 COUNTER_FUNCS = {"rate", "irate", "increase"}

@@ -168,8 +168,11 @@ def test_capabilities_are_reported_per_category() -> None:
     assert out.returncode == 0, out.stderr
     caps = json.loads(out.stdout)
     assert set(caps) == {"process_lifecycle", "exec_details", "lineage", "zombie_detection",
-                         "cgroup", "actions"}
+                         "cgroup", "actions", "resource_accounting"}
     assert caps["process_lifecycle"]["status"] == "supported"
+    # root in the initial namespaces: the kernel's taskstats exit records
+    assert caps["resource_accounting"]["status"] == "supported"
+    assert caps["resource_accounting"]["backend"] == "taskstats+procfs"
     assert caps["process_lifecycle"]["backend"] == "netlink"
     assert all(c["status"] in ("supported", "partial", "unavailable") and c["reason"]
                for c in caps.values())
@@ -184,6 +187,9 @@ def test_capabilities_without_the_connector_say_what_is_missed() -> None:
     life = caps["process_lifecycle"]
     assert life["status"] == "partial" and life["backend"] == "procfs"
     assert "shorter than the interval are missed" in life["reason"]
+    # taskstats records go to the initial network namespace only: /proc while unreaped
+    acct = caps["resource_accounting"]
+    assert acct["status"] == "partial" and acct["backend"] == "procfs", acct
 
 
 BAD_CONFIGS = [

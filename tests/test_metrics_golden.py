@@ -21,6 +21,7 @@ from proctree_exporter.capabilities import Capability
 from proctree_exporter.collector import LAG_BUCKETS
 from proctree_exporter.export.prometheus import families
 from proctree_exporter.host import HostStates
+from proctree_exporter.resources import ResourceStats, RootResources
 from proctree_exporter.snapshot import ReloadStatus, RootSnapshot, Snapshot
 from proctree_exporter.state import StateStats
 from proctree_exporter.stream import StreamStats
@@ -70,6 +71,16 @@ def fixed_snapshot() -> Snapshot:
                          restored_processes=1480, restored_members=20,
                          dropped={"exited": 12, "pid_reused": 1, "inconsistent": 0},
                          counters_continued=False),
+        resources=ResourceStats(
+            roots=(RootResources("ci-job", (12_500_000, 3_250_000, 4096, 1_048_576, 5000, 120,
+                                            90_000, 3), 0, 0, 0, 0, 0),
+                   RootResources("host", (9_000_000_000, 2_500_000_000, 10_485_760,
+                                          524_288_000, 9_000_000, 400_000, 80_000_000, 1200),
+                                 1_610_612_736, 1_073_741_824, 12_000, 2100, 1490)),
+            accounting="supported", reason="taskstats exit records", exit_records=95_000,
+            exits_accounted=89_700, exits_unaccounted={"no_record": 2}, records_lost=0,
+            last_round_wall=1_800_000_090.0, last_round_seconds=0.104,
+            sampler_cpu_seconds=12.5, sampled_total=200_000),
     )
 
 

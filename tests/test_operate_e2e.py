@@ -69,6 +69,8 @@ roots:
     match: self
 host:
   state_sample_interval_seconds: 1
+resources:
+  sample_interval_seconds: 1
 collector:
   # the smallest buffer allowed (the kernel doubles it: about 160 events), so that a
   # stalled reader loses events

@@ -19,7 +19,7 @@ SUPPORTED = "supported"
 PARTIAL = "partial"
 UNAVAILABLE = "unavailable"
 CATEGORIES = ("process_lifecycle", "exec_details", "lineage", "zombie_detection", "cgroup",
-              "actions")
+              "actions", "resource_accounting")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +33,10 @@ class Capability:
 
 
 def negotiate(stats: CollectorStats, *, read_cgroups: bool, poll_interval_s: float,
-              proc: str = PROC) -> list[Capability]:
-    """The capabilities implied by the collector's source and this kernel."""
+              proc: str = PROC, resource_accounting: Capability | None = None
+              ) -> list[Capability]:
+    """The capabilities implied by the collector's source and this kernel, and how
+    resources are accounted (see :func:`.resources.accounting_capability`)."""
     netlink = stats.source == SOURCE_NETLINK
     poll = f"procfs polling every {poll_interval_s:g}s"
     caps = []
@@ -88,4 +90,6 @@ def negotiate(stats: CollectorStats, *, read_cgroups: bool, poll_interval_s: flo
     else:
         caps.append(Capability("actions", UNAVAILABLE, "none",
                                "kernel or Python without pidfd_open/pidfd_send_signal"))
+    if resource_accounting is not None:
+        caps.append(resource_accounting)
     return caps

@@ -26,6 +26,7 @@ from .httpserver import parse_listen_address
 from .mirror import MemberInfo, member_from
 from .monitor import Monitor, MonitorError
 from .remote import RemoteWatch, Seed, Target
+from .resources import accounting_capability, probe
 from .tree import PidTree, ProcessView, TreeNode, forest
 from .web_config import WebConfigError, load_web_config
 
@@ -234,15 +235,19 @@ def cmd_capabilities(args: argparse.Namespace) -> int:
     setup_logging("error", "text")
     _, collector = _start(cfg)
     collector.stop()
+    rc = cfg.resources
     caps = negotiate(collector.stats, read_cgroups=cfg.tree.read_cgroups,
-                     poll_interval_s=cfg.collector.poll_interval_seconds)
+                     poll_interval_s=cfg.collector.poll_interval_seconds,
+                     resource_accounting=accounting_capability(
+                         rc.enabled, rc.taskstats,
+                         probe(rc.taskstats) if rc.enabled else None))
     if args.json:
         json.dump({c.category: {"status": c.status, "backend": c.backend, "reason": c.reason}
                    for c in caps}, sys.stdout)
         sys.stdout.write("\n")
     else:
         for c in caps:
-            print(f"{c.category:<18} {c.status:<12} {c.backend:<15} {c.reason}")
+            print(f"{c.category:<20} {c.status:<12} {c.backend:<17} {c.reason}")
     return 0
 
 

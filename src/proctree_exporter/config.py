@@ -146,6 +146,16 @@ class HostConfig(_Strict):
     state_sample_interval_seconds: float = Field(15.0, ge=1, le=3600)
 
 
+class ResourcesConfig(_Strict):
+    """``resources:`` what each root's processes cost: CPU, memory, IO, threads, faults."""
+
+    enabled: bool = True
+    sample_interval_seconds: float = Field(15.0, ge=1, le=3600)
+    roots: list[str] = Field(default_factory=list)  # empty: every root
+    pss: bool = False  # PSS/USS from smaps_rollup: costly, opt-in
+    taskstats: bool = True  # exit records from the kernel; off: /proc while unreaped
+
+
 class StateConfig(_Strict):
     """``state:`` the state file that keeps lineage, classes and counters across restarts."""
 
@@ -231,17 +241,20 @@ class Config(_Strict):
     tree: TreeConfig = TreeConfig()
     host: HostConfig = HostConfig()
     state: StateConfig = StateConfig()
+    resources: ResourcesConfig = ResourcesConfig()
     roots: list[RootConfig] = Field(default_factory=lambda: list(DEFAULT_ROOTS),
                                     max_length=1000)
     log: LogConfig = LogConfig()
     otel: OtelConfig = OtelConfig()
 
     @model_validator(mode="after")
-    def _otel_roots_exist(self) -> Config:
+    def _listed_roots_exist(self) -> Config:
         names = {r.name for r in self.roots}
-        unknown = [n for n in self.otel.roots if n not in names]
-        if unknown:
-            raise ValueError(f"otel.roots: no root named {', '.join(map(repr, unknown))}")
+        for key, listed in (("otel.roots", self.otel.roots),
+                            ("resources.roots", self.resources.roots)):
+            unknown = [n for n in listed if n not in names]
+            if unknown:
+                raise ValueError(f"{key}: no root named {', '.join(map(repr, unknown))}")
         return self
 
     @field_validator("roots")

@@ -31,6 +31,8 @@ from .httpserver import Server, make_server
 from .membership import Roots
 from .mirror import Mirrors
 from .procfs import ProcFS
+from .resources import Accountant, Ledger, accounting_capability
+from .sampler import Sampler
 from .snapshot import ReloadStatus, Snapshot, take
 from .state import StateDoc, StateError, StateStats, StateWriter, boot_id
 from .state import read as read_state
@@ -88,6 +90,9 @@ class Daemon:
         self.capabilities: tuple[Capability, ...] = ()
         self.state_stats = StateStats(enabled=cfg.state.path is not None)
         self.state_writer: StateWriter | None = None
+        self.ledger: Ledger | None = None  # resources: per-root CPU, memory, IO
+        self._accountant: Accountant | None = None
+        self._resource_sampler: Sampler | None = None
         self.reloads = ReloadStatus()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(self.snapshot))
@@ -111,7 +116,8 @@ class Daemon:
                     self.sampler.latest, self.reloads,
                     self.otel.stats() if self.otel is not None else None,
                     self.streams.stats if self.streams is not None else None,
-                    self.state_stats)
+                    self.state_stats,
+                    self.ledger.stats() if self.ledger is not None else None)
 
     def state_path(self) -> Path | None:
         """Where the state file is (a relative ``state.path`` is beside the config)."""
@@ -144,9 +150,22 @@ class Daemon:
             if saved is not None and lineage is not None:
                 self._restore_roots(roots, saved, lineage, time.monotonic() - t0)
             roots.attach()
+        rc = self.cfg.resources
+        if rc.enabled:
+            self.ledger = Ledger(roots, roots=rc.roots)
+            self._accountant = Accountant(self.ledger, use_taskstats=rc.taskstats)
+            self.ledger.sync()  # its cursors exist before ready: no member goes uncounted
+            self._resource_sampler = Sampler(self.ledger.live_identities,
+                                             rc.sample_interval_seconds,
+                                             self.ledger.apply_round, pss=rc.pss,
+                                             on_start=yield_to_the_collector)
+            sampler = self._resource_sampler
+            self.ledger.sampler_cpu = lambda: sampler.status().cpu_seconds
         self.capabilities = tuple(negotiate(
             self.collector.stats, read_cgroups=self.tree.read_cgroups,
-            poll_interval_s=self.cfg.collector.poll_interval_seconds))
+            poll_interval_s=self.cfg.collector.poll_interval_seconds,
+            resource_accounting=self._accountant.capability if self._accountant is not None
+            else accounting_capability(False, rc.taskstats)))
         # every consumer's cursor exists before /-/ready says so: what happens from
         # here on reaches OpenTelemetry and the API, however soon after ready
         if self.cfg.otel.enabled:
@@ -159,6 +178,9 @@ class Daemon:
         # (bench/stream.py: at nice 10, 10 clients fell 18 s behind a 2,000 forks/s storm)
         streams = StreamHub(roots, event_json, max_streams=self.cfg.web.max_streams)
         streams.start()
+        if self._accountant is not None and self._resource_sampler is not None:
+            self._accountant.start()
+            self._resource_sampler.start()
         if state_path is not None:
             self.state_writer = StateWriter(
                 state_path, self.cfg.state.interval_seconds, roots,
@@ -216,6 +238,10 @@ class Daemon:
             self.server.shutdown()
         self.server.server_close()
         self.sampler.stop()
+        if self._resource_sampler is not None:
+            self._resource_sampler.stop()
+        if self._accountant is not None:
+            self._accountant.stop()
         if self.state_writer is not None:
             self.state_writer.stop()  # the last, clean write: counters continue after it
         if self.otel is not None:
@@ -278,6 +304,7 @@ class Daemon:
             ("web", self.cfg.web, new.web),
             ("host", self.cfg.host, new.host),
             ("state", self.cfg.state, new.state),
+            ("resources", self.cfg.resources, new.resources),
             ("log.format", self.cfg.log.format, new.log.format),
             ("otel", self.cfg.otel, new.otel)) if old != now]
         if restart:

@@ -336,6 +336,17 @@ def kernel_supports_filter(release: str | None = None) -> bool:
     return (major, minor) >= (6, 6)
 
 
+def set_receive_buffer(sock: socket.socket, size: int) -> bool:
+    """Ask for a ``size``-byte receive buffer; True if forced (CAP_NET_ADMIN), False if
+    capped by net.core.rmem_max."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        return True
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)  # capped by rmem_max
+        return False
+
+
 class ConnectorSocket:
     """A subscribed proc connector socket.
 
@@ -384,12 +395,7 @@ class ConnectorSocket:
             raise
 
     def _set_rcvbuf(self, size: int) -> bool:
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-            return True
-        except PermissionError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)  # capped by rmem_max
-            return False
+        return set_receive_buffer(self.sock, size)
 
     def _send_control(self, payload: bytes) -> None:
         self.sock.send(build_message(payload, port=self.port_id))

@@ -19,6 +19,7 @@ from .capabilities import Capability
 from .collector import LAG_BUCKETS, Collector
 from .host import HostStates
 from .membership import Roots, RootState
+from .resources import ResourceStats
 from .state import StateStats
 from .stream import StreamStats
 from .tree import PidTree
@@ -105,12 +106,14 @@ class Snapshot:
     otel: OtelStats | None = None  # None while OpenTelemetry export is off
     streams: StreamStats | None = None  # None until ready
     state: StateStats | None = None  # None while no state file is kept
+    resources: ResourceStats | None = None  # None while resources.enabled is off
 
 
 def take(tree: PidTree, collector: Collector, roots: Roots | None,
          capabilities: tuple[Capability, ...], host_states: HostStates | None,
          reloads: ReloadStatus, otel: OtelStats | None = None,
-         streams: StreamStats | None = None, state: StateStats | None = None) -> Snapshot:
+         streams: StreamStats | None = None, state: StateStats | None = None,
+         resources: ResourceStats | None = None) -> Snapshot:
     """Copy the current state under the tree lock. O(roots), not O(processes)."""
     cs = collector.stats
     with tree.lock:
@@ -159,6 +162,7 @@ def take(tree: PidTree, collector: Collector, roots: Roots | None,
             if streams is not None else None,
             state=replace(state, ignored=dict(state.ignored), dropped=dict(state.dropped))
             if state is not None and state.enabled else None,
+            resources=resources,
         )
     return snap
 

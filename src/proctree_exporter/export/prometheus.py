@@ -21,6 +21,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ..classification import LIVE_CLASSES
+from ..resources import FIELDS as RESOURCE_FIELDS
+from ..resources import UNACCOUNTED_REASONS
 from ..snapshot import Snapshot
 from ..state import IGNORE_REASONS
 from ..stream import DROP_REASONS
@@ -35,6 +37,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _otel_families(snap)
     yield from _stream_families(snap)
     yield from _state_families(snap)
+    yield from _resource_families(snap)
 
 
 def _root_families(snap: Snapshot) -> Iterator[Metric]:
@@ -291,6 +294,92 @@ def _state_families(snap: Snapshot) -> Iterator[Metric]:
                             "1 if the per-root counters continued from a state file written "
                             "at a clean shutdown, 0 if they started from zero.",
                             value=int(st.counters_continued))
+
+
+def _resource_families(snap: Snapshot) -> Iterator[Metric]:
+    """What each root's processes cost (only while resources.enabled is on)."""
+    res = snap.resources
+    if res is None:
+        return
+    shown = res.last_round_wall is not None  # before the first sample round, no figures:
+    # a counter shown as 0 and then as the running members' totals would read as a spike
+    c = {f: i for i, f in enumerate(RESOURCE_FIELDS)}
+    cpu = CounterMetricFamily("proctree_root_cpu_seconds",
+                              "CPU time of the root's processes, exited ones included (at "
+                              "exit, from the kernel's taskstats record), by mode.",
+                              labels=["root", "mode"])
+    io = CounterMetricFamily("proctree_root_io_bytes",
+                             "Storage IO of the root's processes: bytes read from devices and "
+                             "dirtied for writing (/proc/PID/io read_bytes, write_bytes).",
+                             labels=["root", "direction"])
+    ctx = CounterMetricFamily("proctree_root_context_switches",
+                              "Context switches of the root's processes, by kind (live "
+                              "processes: main thread; exited: every thread).",
+                              labels=["root", "kind"])
+    faults = CounterMetricFamily("proctree_root_page_faults",
+                                 "Page faults of the root's processes, by kind.",
+                                 labels=["root", "kind"])
+    rss = GaugeMetricFamily("proctree_root_memory_rss_bytes",
+                            "Resident memory of the root's live processes, summed (shared "
+                            "pages count once per process).", labels=["root"])
+    pss = GaugeMetricFamily("proctree_root_memory_pss_bytes",
+                            "Proportional set size of the root's live processes, summed "
+                            "(resources.pss).", labels=["root"])
+    fds = GaugeMetricFamily("proctree_root_open_fds",
+                            "Open file descriptors of the root's live processes.",
+                            labels=["root"])
+    threads = GaugeMetricFamily("proctree_root_threads",
+                                "Threads of the root's live processes.", labels=["root"])
+    sampled = GaugeMetricFamily("proctree_root_sampled_processes",
+                                "Live processes of the root with a resource sample.",
+                                labels=["root"])
+    if shown:
+        for r in res.roots:
+            v = r.counters
+            cpu.add_metric([r.name, "user"], v[c["cpu_user_us"]] / 1e6)
+            cpu.add_metric([r.name, "system"], v[c["cpu_system_us"]] / 1e6)
+            io.add_metric([r.name, "read"], v[c["read_bytes"]])
+            io.add_metric([r.name, "write"], v[c["write_bytes"]])
+            ctx.add_metric([r.name, "voluntary"], v[c["voluntary_ctx_switches"]])
+            ctx.add_metric([r.name, "involuntary"], v[c["involuntary_ctx_switches"]])
+            faults.add_metric([r.name, "minor"], v[c["minor_faults"]])
+            faults.add_metric([r.name, "major"], v[c["major_faults"]])
+            rss.add_metric([r.name], r.rss_bytes)
+            if r.pss_bytes is not None:
+                pss.add_metric([r.name], r.pss_bytes)
+            fds.add_metric([r.name], r.open_fds)
+            threads.add_metric([r.name], r.threads)
+            sampled.add_metric([r.name], r.sampled)
+    yield from (cpu, io, ctx, faults, rss, pss, fds, threads, sampled)
+    age = GaugeMetricFamily("proctree_resources_sample_age_seconds",
+                            "Age of the last resource sample round (absent before the first).")
+    if res.last_round_wall is not None:
+        age.add_metric([], max(snap.ts - res.last_round_wall, 0.0))
+    yield age
+    yield GaugeMetricFamily("proctree_resources_sample_duration_seconds",
+                            "Wall time of the last sample round.", value=res.last_round_seconds)
+    yield CounterMetricFamily("proctree_resources_sampler_cpu_seconds",
+                              "CPU used by the resource sampler thread.",
+                              value=res.sampler_cpu_seconds)
+    yield CounterMetricFamily("proctree_resources_samples",
+                              "Live member samples taken.", value=res.sampled_total)
+    yield CounterMetricFamily("proctree_resources_exit_records",
+                              "Whole-process taskstats exit records received (host-wide).",
+                              value=res.exit_records)
+    yield CounterMetricFamily("proctree_resources_exit_records_lost",
+                              "Taskstats exit records the kernel dropped (socket overrun).",
+                              value=res.records_lost)
+    yield CounterMetricFamily("proctree_resources_exits_accounted",
+                              "Exited members whose final figures were counted (from their "
+                              "exit record, or from /proc while unreaped).",
+                              value=res.exits_accounted)
+    unaccounted = CounterMetricFamily("proctree_resources_exits_unaccounted",
+                                      "Exited members whose final figures never came: their "
+                                      "last sample counts instead, by reason.",
+                                      labels=["reason"])
+    for reason in UNACCOUNTED_REASONS:
+        unaccounted.add_metric([reason], res.exits_unaccounted.get(reason, 0))
+    yield unaccounted
 
 
 def _le(bound: float) -> str:
