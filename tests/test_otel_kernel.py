@@ -37,6 +37,7 @@ from proctree_exporter.export.otel import (
     OtelExporter,
 )
 from proctree_exporter.membership import Roots
+from proctree_exporter.resources import Accountant, Ledger
 from proctree_exporter.rootspec import RootSpec
 from proctree_exporter.tree import PidTree, TreeListener
 
@@ -56,7 +57,8 @@ def tree(live: tuple[PidTree, Collector]) -> Iterator[PidTree]:
 class Harness:
     """Roots over the live tree and an OtelExporter with in-memory exporters."""
 
-    def __init__(self, tree: PidTree, specs: list[RootSpec], **otel: Any) -> None:
+    def __init__(self, tree: PidTree, specs: list[RootSpec], *, resources: bool = False,
+                 **otel: Any) -> None:
         self.roots = Roots(tree, specs)
         self.roots.attach()
         self.spans_out = InMemorySpanExporter()
@@ -64,8 +66,16 @@ class Harness:
         settings = {"enabled": True, "events": "both", "checkpoint_interval_seconds": 0,
                     "schedule_delay_seconds": 0.2, **otel}
         self.cfg = OtelConfig(**settings)
+        self.accountant: Accountant | None = None
+        usage = None
+        if resources:  # exit records of the roots' members, as the daemon keeps them
+            ledger = Ledger(self.roots)
+            ledger.sync()
+            self.accountant = Accountant(ledger)
+            self.accountant.start()
+            usage = ledger.final
         self.exporter = OtelExporter(self.cfg, self.roots, span_exporter=self.spans_out,
-                                     log_exporter=self.logs_out)
+                                     log_exporter=self.logs_out, usage=usage)
 
     def poll_until(self, pred: Any, timeout: float = 30.0) -> Any:
         def check() -> Any:
@@ -88,6 +98,8 @@ class Harness:
 
     def close(self) -> None:
         self.exporter.stop()
+        if self.accountant is not None:
+            self.accountant.stop()
 
 
 @pytest.fixture
@@ -518,3 +530,30 @@ def test_a_root_removed_by_reload_ends_its_open_spans(tree: PidTree, janitor: Ja
     # and it comes back as a new trace when the root is configured again
     h.roots.set_roots([spec])
     h.poll_until(lambda: h.exporter.stats().open_spans == 1)
+
+
+def test_a_process_span_says_what_the_process_cost(tree: PidTree, janitor: Janitor,
+                                                   harnesses: list[Harness]) -> None:
+    code = """# ptx-otel-cost
+import time
+end = time.thread_time() + 0.3
+while time.thread_time() < end:
+    pass
+with open("/dev/null", "wb") as f:
+    f.write(b"x" * 4096)
+"""
+    h = Harness(tree, [RootSpec("cost", "cmdline", "ptx-otel-cost")], resources=True)
+    harnesses.append(h)
+    p = janitor.python(code)
+    p.wait(timeout=30)
+
+    def spans() -> dict[int, ReadableSpan] | None:
+        got = h.process_spans("cost")
+        return got if p.pid in got else None
+    span = h.poll_until(spans)[p.pid]
+    a = span.attributes
+    cpu = a["proctree.process.cpu.user_seconds"] + a["proctree.process.cpu.system_seconds"]
+    assert 0.3 <= cpu < 5, a  # its loop, Python's start and exit: from its exit record
+    assert a["proctree.process.page_faults.minor"] > 0
+    assert "proctree.process.disk.write_bytes" in a
+

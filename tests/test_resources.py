@@ -181,3 +181,15 @@ def test_orphans_keep_costing_their_root() -> None:
     ledger.apply_round(round_of(sample(orphan, 0.0)))
     ledger.apply_round(round_of(sample(orphan, 3.0)))
     assert root(ledger, "job").counters[CPU] == 3_000_000
+
+
+def test_a_removed_root_stops_sampling_its_processes() -> None:
+    h = Host(JOB, HOST)
+    h.spawn("shell", comm="bash")
+    h.spawn("old", "shell", comm="wrapper")
+    ledger = Ledger(h.roots, roots=["job"])  # only the job is accounted
+    ledger.sync()
+    assert ledger.live_identities() == [ident(h, "old")]
+    h.roots.remove("job")
+    ledger.sync()
+    assert ledger.live_identities() == [] and ledger.stats().roots == ()

@@ -186,3 +186,9 @@ sys.stdin.readline()
     assert sampled == 1
     assert 10 <= fds <= 14, fds  # stdin, stdout, stderr, the 7 files, and Python's own
     assert rss >= 64 * 1024 * 1024
+    # the same process in the JSON API (and the tree page's details)
+    member = next(x for x in d.json("/api/v1/roots/job")["members"] if x["pid"] == p.pid)
+    assert member["rss_bytes"] >= 64 * 1024 * 1024
+    assert 0 < member["cpu_seconds"] < 60
+    node = d.json("/api/v1/tree?root=job")["nodes"][0]
+    assert node["pid"] == p.pid and node["rss_bytes"] == member["rss_bytes"]

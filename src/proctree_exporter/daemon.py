@@ -28,10 +28,11 @@ from .config import Config, ConfigError, load_config
 from .export.prometheus import SnapshotCollector
 from .host import HostStateSampler
 from .httpserver import Server, make_server
+from .identity import Identity
 from .membership import Roots
 from .mirror import Mirrors
 from .procfs import ProcFS
-from .resources import Accountant, Ledger, accounting_capability
+from .resources import Accountant, Ledger, ProcessUsage, accounting_capability
 from .sampler import Sampler
 from .snapshot import ReloadStatus, Snapshot, take
 from .state import StateDoc, StateError, StateStats, StateWriter, boot_id
@@ -97,7 +98,8 @@ class Daemon:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(self.snapshot))
         self.app = App(self.registry, web_config, lambda: self.mirrors,
-                       lambda: self.roots is not None, lambda: self.streams)
+                       lambda: self.roots is not None, lambda: self.streams,
+                       lambda: self.ledger)
         self.server: Server = make_server(listen_address, self.app,
                                           ssl_context=web_config.ssl_context(),
                                           max_connections=cfg.web.max_connections,
@@ -169,7 +171,8 @@ class Daemon:
         # every consumer's cursor exists before /-/ready says so: what happens from
         # here on reaches OpenTelemetry and the API, however soon after ready
         if self.cfg.otel.enabled:
-            self.otel = _start_otel(self.cfg, self.config_path, roots, self.snapshot)
+            self.otel = _start_otel(self.cfg, self.config_path, roots, self.snapshot,
+                                    self.ledger.final if self.ledger is not None else None)
         mirrors = Mirrors(roots)
         for name in roots.root_names():
             mirrors.get(name)
@@ -319,13 +322,15 @@ class Daemon:
 
 
 def _start_otel(cfg: Config, config_path: Path | None, roots: Roots,
-                snapshot: Callable[[], Snapshot]) -> Any:
+                snapshot: Callable[[], Snapshot],
+                usage: Callable[[Identity], ProcessUsage | None] | None) -> Any:
     """Start OpenTelemetry export (the SDK is imported only when it is enabled)."""
     from .export.otel import OtelExporter
 
     try:
         exporter = OtelExporter(cfg.otel, roots, snapshot,
-                                base_dir=config_path.parent if config_path else None)
+                                base_dir=config_path.parent if config_path else None,
+                                usage=usage)
     except (OSError, ValueError) as exc:
         raise RuntimeError(f"otel: {exc}") from None
     exporter.start()

@@ -229,6 +229,14 @@ def _member_props() -> dict[str, Schema]:
         "exited_at": {"type": ["number", "null"], "description": "null while it lives."},
         "exit_code": {"type": ["integer", "null"]},
         "exit_signal": {"type": ["integer", "null"], "minimum": 0},
+        "cpu_seconds": {"type": ["number", "null"], "minimum": 0,
+                        "description": "Its own CPU time (user + system) at the last resource "
+                                       "sample; null when exited, before its first sample, or "
+                                       "with resources off. In members, tombstones and tree "
+                                       "nodes."},
+        "rss_bytes": {"type": ["integer", "null"], "minimum": 0,
+                      "description": "Its resident memory at the last resource sample; null "
+                                     "as for cpu_seconds."},
     }
 
 

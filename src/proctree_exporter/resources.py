@@ -75,6 +75,14 @@ class RootResources(NamedTuple):
     sampled: int  # live members with a sample
 
 
+class ProcessUsage(NamedTuple):
+    """One exited member's figures: ``counters`` in :data:`FIELDS` order, and its RSS at
+    its last sample (0 if never sampled)."""
+
+    counters: tuple[int, ...]
+    rss_bytes: int
+
+
 class ResourceStats(NamedTuple):
     """The ledger's own figures, as /metrics shows them."""
 
@@ -171,11 +179,16 @@ class Ledger:
         self._records: dict[int, list[tuple[TaskExit, float]]] = {}  # unmatched, by pid
         self._record_order: deque[tuple[float, int]] = deque()  # (received, pid), oldest first
         self._n_records = 0
-        self._finished: dict[Identity, tuple[tuple[int, ...], float]] = {}
+        # (contribution, when, its last RSS)
+        self._finished: dict[Identity, tuple[tuple[int, ...], float, int]] = {}
         self._finished_order: deque[tuple[float, Identity]] = deque()
         self._counts = _Counts()
         self._round: SampleRound | None = None
         self._round_wall: float | None = None
+        # each live member's own CPU seconds and RSS at the last round, replaced whole
+        # each round: readers (the JSON API) take it without the lock
+        self.latest: dict[Identity, tuple[float, int]] = {}
+        self.rounds = 0
         self.sampler_cpu = lambda: 0.0
         self.records_lost = lambda: 0
         self.accounting = ("unavailable", "not started")
@@ -261,9 +274,14 @@ class Ledger:
                 self._match(proc)  # its record may be here already
 
     def _drop_root(self, root: _Root) -> None:
+        """A root no longer watched: its processes are no longer sampled for it (nor at
+        all, when it was their last root)."""
         for proc in list(self._procs.values()):
             if root in proc.roots:
                 proc.roots.remove(root)
+                if not proc.roots:
+                    del self._procs[proc.ident]
+                    self._unawait(proc.ident)
 
     # -- exit records --------------------------------------------------------------------
 
@@ -351,7 +369,7 @@ class Ledger:
             _add(root.exited, contribution)
             self._gauge(root, proc.gauges, -1)
         now = self.clock()
-        self._finished[proc.ident] = (contribution, now)
+        self._finished[proc.ident] = (contribution, now, proc.gauges[0])
         self._finished_order.append((now, proc.ident))
 
     def _unawait(self, ident: Identity) -> None:
@@ -403,6 +421,9 @@ class Ledger:
                 proc.last = now
                 proc.gauges = gauges
             self._counts.sampled_total += len(rnd.samples)
+            self.latest = {i: (s.cpu_user_seconds + s.cpu_system_seconds, s.rss_bytes)
+                           for i, s in rnd.samples.items() if i in self._procs}
+            self.rounds += 1
             self._round = rnd
             self._round_wall = time.time()
 
@@ -432,6 +453,22 @@ class Ledger:
                 dict(c.unaccounted), self.records_lost(), self._round_wall,
                 rnd.duration_s if rnd is not None else 0.0, self.sampler_cpu(),
                 c.sampled_total)
+
+    def final(self, ident: Identity) -> ProcessUsage | None:
+        """What an exited member used while watched, once its final figures are in (kept
+        ``FINISHED_KEEP_S``); None if they are not in yet, or it was no member.
+
+        A reader that has just seen the member's exit (OpenTelemetry, ending its span)
+        may be ahead of this ledger's own reading of the events: it catches up first.
+        """
+        for attempt in range(2):
+            with self.lock:
+                done = self._finished.get(ident)
+                if done is not None:
+                    return ProcessUsage(done[0], done[2])
+            if attempt == 0:
+                self.sync()
+        return None
 
     def sampled_once(self) -> bool:
         """Whether a sample round has been applied (counters are shown from then on)."""

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -33,6 +33,9 @@ from .mirror import MemberInfo, Mirrors, RootMirror
 from .stream import STREAM_KINDS, StreamHub, StreamsFull, parse_cursor, response_head
 from .users import USER_NAMES
 from .web_config import AuthBusy, WebConfig
+
+if TYPE_CHECKING:
+    from .resources import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +57,18 @@ class App:
 
     def __init__(self, registry: CollectorRegistry, web_config: WebConfig,
                  mirrors: Callable[[], Mirrors | None], ready: Callable[[], bool],
-                 streams: Callable[[], StreamHub | None] = lambda: None) -> None:
+                 streams: Callable[[], StreamHub | None] = lambda: None,
+                 resources: Callable[[], Ledger | None] = lambda: None) -> None:
         self.metrics_app = make_wsgi_app(registry)
+        self._resources = resources
         self.web_config = web_config
         self._mirrors = mirrors
         self._ready = ready
         self._streams = streams
         self._headers = web_config.response_headers()
         # (root, path) -> (mirror, its position, built at (monotonic), body)
-        self._bodies: dict[tuple[str, str], tuple[RootMirror, tuple[int, int], float, bytes]] = {}
+        self._bodies: dict[tuple[str, str],
+                           tuple[RootMirror, tuple[int, int, int], float, bytes]] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "") or "/"
@@ -199,7 +205,7 @@ class App:
             return _json({"roots": docs})
         if path.startswith("/api/v1/roots/"):
             return self._document(mirrors.get(path.removeprefix("/api/v1/roots/")), "root",
-                                  _root_body)
+                                  lambda m: _root_body(m, self._latest()))
         if path == "/api/v1/ancestors":
             return self._ancestors(query, mirrors)
         # /api/v1/tree?root=NAME
@@ -207,7 +213,12 @@ class App:
         names = params.get("root")
         if not names:
             raise ValueError("query parameter root is required: /api/v1/tree?root=NAME")
-        return self._document(mirrors.get(names[0]), "tree", _tree_body)
+        return self._document(mirrors.get(names[0]), "tree",
+                              lambda m: _tree_body(m, self._latest()))
+
+    def _latest(self) -> dict[Identity, tuple[float, int]]:
+        ledger = self._resources()
+        return ledger.latest if ledger is not None else {}
 
     def _document(self, mirror: RootMirror, what: str,
                   build: Callable[[RootMirror], bytes]) -> bytes:
@@ -217,7 +228,9 @@ class App:
 
         def cached(m: RootMirror) -> bytes:
             now = time.monotonic()
-            at = (m.seq, m.relists)
+            ledger = self._resources()
+            # a new sample round changes the members' CPU and RSS, not the root's log
+            at = (m.seq, m.relists, ledger.rounds if ledger is not None else 0)
             hit = self._bodies.get(key)
             if hit is not None and hit[0] is m and (hit[1] == at
                                                     or now - hit[2] < REBUILD_INTERVAL_S):
@@ -349,13 +362,23 @@ def event_json(ev: RootEvent) -> bytes:
     return json.dumps(event_doc(ev), separators=(",", ":")).encode()
 
 
-def _root_body(m: RootMirror) -> bytes:
+def _with_usage(data: bytes, m: MemberInfo, latest: dict[Identity, tuple[float, int]],
+                close: bool = True) -> bytes:
+    """A member's encoded JSON with its CPU seconds and RSS from the last sample round
+    (null for exited members, and before a live one's first sample)."""
+    usage = latest.get(m.identity) if m.exited_at is None else None
+    tail = (b',"cpu_seconds":%.6f,"rss_bytes":%d' % usage if usage is not None
+            else b',"cpu_seconds":null,"rss_bytes":null')
+    return data[:-1] + tail + (b"}" if close else b"")
+
+
+def _root_body(m: RootMirror, latest: dict[Identity, tuple[float, int]]) -> bytes:
     """``/api/v1/roots/{name}``: the root, its members (capped by ``max_members``),
     recent membership changes, tombstones and events."""
     doc = _root_doc(m)
     head = json.dumps(doc, separators=(",", ":"))[:-1].encode()
-    members = b",".join(_encoded(m, x) for x in m.listing())
-    tombs = b",".join(_encoded(m, x) for x in m.tombstones())
+    members = b",".join(_with_usage(_encoded(m, x), x, latest) for x in m.listing())
+    tombs = b",".join(_with_usage(_encoded(m, x), x, latest) for x in m.tombstones())
     recent = json.dumps([{"event": kind, **member_doc(x)} for kind, x in m.recent],
                         separators=(",", ":")).encode()
     events = json.dumps([event_doc(e) for e in m.events], separators=(",", ":")).encode()
@@ -363,7 +386,7 @@ def _root_body(m: RootMirror) -> bytes:
                      b',"tombstones":[', tombs, b'],"events":', events, b"}\n"))
 
 
-def _tree_body(m: RootMirror) -> bytes:
+def _tree_body(m: RootMirror, latest: dict[Identity, tuple[float, int]]) -> bytes:
     """``/api/v1/tree?root=NAME``: members and tombstones nested by lineage, so an
     exited wrapper still holds its orphans. Where a pid appears twice (a tombstone
     and the process that reused its pid), the first listed (live) wins."""
@@ -399,7 +422,7 @@ def _tree_body(m: RootMirror) -> bytes:
         if not first[-1]:
             parts.append(b",")
         first[-1] = False
-        parts.append(_encoded(m, x)[:-1])
+        parts.append(_with_usage(_encoded(m, x), x, latest, close=False))
         parts.append(b',"children":[')
         first.append(True)
         stack.append((x, True))

@@ -48,6 +48,8 @@ from ..changelog import ChangeLog, EventSource, Relist
 from ..classification import EXITED, HEALTHY, ORPHANED, PID_REUSED, ZOMBIE, signal_name
 from ..events import EventKind, RootEvent
 from ..identity import Identity, same_start
+from ..resources import FIELDS as RESOURCE_FIELDS
+from ..resources import ProcessUsage
 from ..users import USER_NAMES
 from .otlp import SPAN_EVENTS, SPANS, Counts, Pipeline
 
@@ -213,6 +215,24 @@ class _RootTrace:
             self.ended.popitem(last=False)
 
 
+def _usage_attrs(used: ProcessUsage) -> dict[str, Any]:
+    """An exited process's cost as span attributes (its exit record, or last sample)."""
+    c = dict(zip(RESOURCE_FIELDS, used.counters, strict=True))
+    attrs: dict[str, Any] = {
+        "proctree.process.cpu.user_seconds": c["cpu_user_us"] / 1e6,
+        "proctree.process.cpu.system_seconds": c["cpu_system_us"] / 1e6,
+        "proctree.process.disk.read_bytes": c["read_bytes"],
+        "proctree.process.disk.write_bytes": c["write_bytes"],
+        "proctree.process.context_switches.voluntary": c["voluntary_ctx_switches"],
+        "proctree.process.context_switches.involuntary": c["involuntary_ctx_switches"],
+        "proctree.process.page_faults.minor": c["minor_faults"],
+        "proctree.process.page_faults.major": c["major_faults"],
+    }
+    if used.rss_bytes:
+        attrs["proctree.process.memory.rss_bytes"] = used.rss_bytes
+    return attrs
+
+
 class ProcessTracer:
     """Turns roots' events into spans, span events and log records. No thread:
     :meth:`poll` does one round; :class:`OtelExporter` calls it periodically.
@@ -223,8 +243,10 @@ class ProcessTracer:
 
     def __init__(self, source: EventSource, cfg: OtelConfig, tracer: Tracer,
                  logger: Logger | None, counts: Counts,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 usage: Callable[[Identity], ProcessUsage | None] | None = None) -> None:
         self.source = source
+        self.usage = usage  # an exited member's CPU, IO and memory (resources), if known
         self.cfg = cfg
         self.tracer = tracer
         self.logger = logger
@@ -498,6 +520,9 @@ class ProcessTracer:
             failed = exit_code != 0
         else:
             attrs["proctree.exit.unobserved"] = True  # lost events: found gone
+        used = self.usage(ident) if self.usage is not None else None
+        if used is not None:
+            attrs.update(_usage_attrs(used))
         if not reason:
             reason = f"process {pid} ({p.comm}) is gone; its exit was not observed" + (
                 " (the exporter fell behind)" if unobserved else "")
@@ -661,14 +686,15 @@ class OtelExporter:
                  snapshot: Callable[[], Snapshot] | None = None, *,
                  base_dir: Path | None = None, span_exporter: SpanExporter | None = None,
                  log_exporter: LogRecordExporter | None = None,
-                 metric_reader: MetricReader | None = None) -> None:
+                 metric_reader: MetricReader | None = None,
+                 usage: Callable[[Identity], ProcessUsage | None] | None = None) -> None:
         self.cfg = cfg
         self.counts = Counts()
         self.pipeline = Pipeline(cfg, self.counts, base_dir=base_dir,
                                  span_exporter=span_exporter, log_exporter=log_exporter,
                                  metric_reader=metric_reader)
         self.tracer = ProcessTracer(source, cfg, self.pipeline.tracer, self.pipeline.logger,
-                                    self.counts)
+                                    self.counts, usage=usage)
         if self.pipeline.meter_provider is not None and snapshot is not None:
             from .otel_metrics import register_snapshot_instruments
 

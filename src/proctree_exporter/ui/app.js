@@ -996,6 +996,9 @@
     row("started", new Date(m.started_at * 1000).toLocaleString() + " (" + dur(now - m.started_at) + " ago)");
     if (m.exited_at) row("exited", new Date(m.exited_at * 1000).toLocaleString() + " (" + dur(now - m.exited_at) + " ago, ran " + dur(m.exited_at - m.started_at) + ")");
     row("exit", exitText(m));
+    // from the exporter's last resource sample (when the page last read the tree)
+    if (!m.exited_at && m.cpu_seconds != null) row("CPU", m.cpu_seconds.toFixed(2) + " s (at the last sample)");
+    if (!m.exited_at && m.rss_bytes != null) row("memory", (m.rss_bytes / 1048576).toFixed(1) + " MiB resident");
     row("fork parent", m.lineage_ppid);
     if (!n.gone) row("current parent", m.ppid + (m.lineage_ppid !== null && m.ppid !== m.lineage_ppid ? " (reparented)" : ""));
     row("generation", m.depth + " below the instance");
