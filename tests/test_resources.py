@@ -66,6 +66,7 @@ def scene() -> tuple[Host, Ledger, Clock]:
     h.spawn("shell", comm="bash")
     h.spawn("old", "shell", comm="wrapper")  # running before the ledger starts
     ledger = Ledger(h.roots, clock=clock)
+    ledger.proc_dir = "/nonexistent"  # the pretend host's pids are not this host's
     ledger.sync()
     return h, ledger, clock
 
@@ -188,8 +189,47 @@ def test_a_removed_root_stops_sampling_its_processes() -> None:
     h.spawn("shell", comm="bash")
     h.spawn("old", "shell", comm="wrapper")
     ledger = Ledger(h.roots, roots=["job"])  # only the job is accounted
+    ledger.proc_dir = "/nonexistent"
     ledger.sync()
     assert ledger.live_identities() == [ident(h, "old")]
     h.roots.remove("job")
     ledger.sync()
     assert ledger.live_identities() == [] and ledger.stats().roots == ()
+
+
+def test_what_a_reaped_child_used_after_its_record_comes_from_its_reaper(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The exit record is written before a process's exit path; its reaper's children's
+    CPU (cutime, cstime) includes it, and tops the root up to it, never down."""
+    h = Host(JOB, HOST)
+    h.spawn("shell", comm="bash")
+    h.spawn("job", "shell", comm="wrapper")
+    ledger = Ledger(h.roots)
+    ledger.proc_dir = str(tmp_path)
+    job = ident(h, "job")
+
+    def reaper_stat(cutime_ticks: int, cstime_ticks: int) -> None:
+        d = tmp_path / str(job.pid)
+        d.mkdir(exist_ok=True)
+        fields = ["S", "1"] + ["0"] * 11 + [str(cutime_ticks), str(cstime_ticks)] + \
+            ["0"] * 4 + [str(job.start_ticks)] + ["0"] * 10
+        (d / "stat").write_text(f"{job.pid} (wrapper) " + " ".join(fields))
+
+    reaper_stat(0, 0)
+    ledger.sync()
+    h.spawn("kid", "job", comm="worker")  # the job forks: what its children used so far
+    kid = ident(h, "kid")
+    ledger.sync()
+    h.exit("kid")
+    ledger.add_records([record(kid, 0.10)])
+    reaper_stat(15, 2)  # reaped: 0.15 s user, 0.02 s system, exit path included
+    ledger.sync()
+    job_cpu = root(ledger, "job").counters
+    assert (job_cpu[CPU], job_cpu[CPU + 1]) == (150_000, 20_000)
+    reaper_stat(14, 2)  # a reading can never take back what was given
+    h.spawn("kid2", "job", comm="worker")
+    kid2 = ident(h, "kid2")
+    ledger.sync()
+    h.exit("kid2")
+    ledger.add_records([record(kid2, 0.01)])
+    ledger.sync()
+    assert root(ledger, "job").counters[CPU] == 160_000

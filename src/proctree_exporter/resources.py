@@ -115,6 +115,7 @@ def from_record(r: TaskExit) -> tuple[int, ...]:
 
 class _Root:
     __slots__ = (
+        "depth_limited",
         "exited",
         "fds",
         "listed",
@@ -136,10 +137,24 @@ class _Root:
         self.log: object = None
         self.seq = 0
         self.listed: Callable[[int], bool] = lambda depth: True
+        self.depth_limited = False  # max_depth: a member's children may be no members
 
 
 class _Proc:
-    __slots__ = ("base", "gauges", "ident", "last", "roots", "start_wall")
+    __slots__ = (
+        "absorbed",
+        "applied",
+        "base",
+        "gauges",
+        "ident",
+        "kids_base",
+        "kids_sync",
+        "last",
+        "ppid",
+        "reaper",
+        "roots",
+        "start_wall",
+    )
 
     def __init__(self, ident: Identity, counted_from_zero: bool) -> None:
         self.ident = ident
@@ -148,6 +163,14 @@ class _Proc:
         self.last: tuple[int, ...] = ZERO  # contribution so far (figures minus base)
         self.gauges = (0, 0, 0, 0)  # rss, pss, fds, threads
         self.start_wall = 0.0
+        self.ppid = 0
+        self.reaper: _Proc | None = None  # the live member that will reap it
+        # as a reaper: its children's CPU (cutime, cstime in µs) when first read, the
+        # exit-record CPU of member children it reaped since, and the correction given
+        self.kids_base: tuple[int, int] | None = None
+        self.kids_sync = 0  # the sync that read kids_base
+        self.absorbed = [0, 0]
+        self.applied = [0, 0]
 
 
 @dataclass
@@ -174,6 +197,10 @@ class Ledger:
         self.lock = threading.Lock()
         self._roots: dict[str, _Root] = {}
         self._procs: dict[Identity, _Proc] = {}
+        self._live_pid: dict[int, _Proc] = {}  # live members by pid: who reaps an exit
+        self._dirty: dict[Identity, _Proc] = {}  # reapers to read at the end of a sync
+        self._syncs = 0
+        self.proc_dir = "/proc"
         self._awaiting: dict[Identity, float] = {}  # exited member -> deadline for its record
         self._awaiting_pid: dict[int, list[Identity]] = {}
         self._records: dict[int, list[tuple[TaskExit, float]]] = {}  # unmatched, by pid
@@ -200,6 +227,7 @@ class Ledger:
         source = self.source
         names = [n for n in source.root_names() if not self.only or n in self.only]
         with self.lock:
+            self._syncs += 1
             for name in [n for n in self._roots if n not in names]:
                 self._drop_root(self._roots.pop(name))
             for name in names:
@@ -226,6 +254,9 @@ class Ledger:
                     self._apply(root, ev, from_zero=True)
                     root.seq = ev.seq
             self._settle(self.clock())
+            for reaper in self._dirty.values():
+                self._correct(reaper)
+            self._dirty.clear()
 
     def _load(self, root: _Root, log_: object, rl: Relist) -> None:
         """Read a root whole: at first sight, or after falling behind its log."""
@@ -233,6 +264,7 @@ class Ledger:
         root.seq = rl.seq
         include_root = rl.spec.include_root
         root.listed = lambda depth: depth > 0 or include_root
+        root.depth_limited = rl.spec.max_depth is not None
         # the root's exited members (tombstones) were not seen live: nothing to count
         gone = {(ev.pid, ev.start_ticks) for ev in rl.events if ev.kind is EventKind.EXITED}
         live = set()
@@ -261,15 +293,36 @@ class Ledger:
             if proc is None:
                 proc = self._procs[ident] = _Proc(ident, from_zero)
                 proc.start_wall = ev.started_at or ev.ts
+                proc.ppid = ev.ppid or 0
+                self._live_pid[ident.pid] = proc
+                parent = self._live_pid.get(proc.ppid)
+                if parent is not None and parent is not proc and parent.kids_base is None:
+                    # a member that forks will reap: what its children used so far
+                    parent.kids_base = self._children_cpu(parent) or (0, 0)
+                    parent.kids_sync = self._syncs
             elif root in proc.roots:
                 return
             proc.roots.append(root)
             _add(root.live, proc.last)
             self._gauge(root, proc.gauges, +1)
+        elif kind is EventKind.REPARENTED:
+            proc = self._procs.get(Identity(ev.pid, ev.start_ticks))
+            if proc is not None and ev.ppid is not None:
+                proc.ppid = ev.ppid
         elif kind is EventKind.EXITED:
             ident = Identity(ev.pid, ev.start_ticks)
             proc = self._procs.get(ident)
             if proc is not None and ident not in self._awaiting:
+                if self._live_pid.get(ident.pid) is proc:
+                    del self._live_pid[ident.pid]
+                parent = self._live_pid.get(proc.ppid)
+                # a child that exited in the sync that first read its parent's children's
+                # CPU may be in that reading already: its record alone counts
+                if parent is not None and parent.kids_base is not None \
+                        and parent.kids_sync < self._syncs:
+                    proc.reaper = parent
+                if proc.kids_base is not None:
+                    self._correct(proc)  # a zombie still shows all its children used
                 self._await(ident, self.clock() + EXIT_WAIT_S)
                 self._match(proc)  # its record may be here already
 
@@ -358,6 +411,9 @@ class Ledger:
         figures say (never less than its last sample)."""
         del self._procs[proc.ident]
         self._unawait(proc.ident)
+        self._dirty.pop(proc.ident, None)
+        if self._live_pid.get(proc.ident.pid) is proc:
+            del self._live_pid[proc.ident.pid]
         last = proc.last
         if final is None:
             contribution = last
@@ -371,6 +427,45 @@ class Ledger:
         now = self.clock()
         self._finished[proc.ident] = (contribution, now, proc.gauges[0])
         self._finished_order.append((now, proc.ident))
+        reaper = proc.reaper
+        if reaper is not None and reaper.ident in self._procs:
+            # its full CPU, exit path included, shows in its reaper's children's CPU:
+            # what its record says now is counted once there
+            reaper.absorbed[0] += contribution[0]
+            reaper.absorbed[1] += contribution[1]
+            self._dirty[reaper.ident] = reaper
+
+    def _children_cpu(self, proc: _Proc) -> tuple[int, int] | None:
+        """``proc``'s reaped children's CPU (cutime, cstime) in µs from /proc; None if it
+        is gone or its pid names another process now."""
+        try:
+            with open(f"{self.proc_dir}/{proc.ident.pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            if not same_start(proc.ident.start_ticks, int(fields[19])):
+                return None
+            us = 1_000_000 // TICKS
+            return int(fields[13]) * us, int(fields[14]) * us
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def _correct(self, reaper: _Proc) -> None:
+        """Give ``reaper``'s roots what its reaped member children used beyond their
+        exit records (their exit path), read from its children's CPU; never less."""
+        base = reaper.kids_base
+        now = self._children_cpu(reaper)
+        if base is None or now is None:
+            return
+        delta = [0, 0]
+        for i in (0, 1):
+            target = now[i] - base[i] - reaper.absorbed[i]
+            if target > reaper.applied[i]:
+                delta[i] = target - reaper.applied[i]
+                reaper.applied[i] = target
+        if delta[0] or delta[1]:
+            for root in reaper.roots:
+                if not root.depth_limited:
+                    root.exited[0] += delta[0]
+                    root.exited[1] += delta[1]
 
     def _unawait(self, ident: Identity) -> None:
         if self._awaiting.pop(ident, None) is not None:
@@ -469,6 +564,15 @@ class Ledger:
             if attempt == 0:
                 self.sync()
         return None
+
+    def busy(self) -> bool:
+        """Whether exits are being settled (members awaiting records, reapers to read)."""
+        with self.lock:
+            return bool(self._awaiting or self._dirty or self._recent_reapers())
+
+    def _recent_reapers(self) -> bool:
+        return bool(self._finished_order) and \
+            self.clock() - self._finished_order[-1][0] < 1.0
 
     def sampled_once(self) -> bool:
         """Whether a sample round has been applied (counters are shown from then on)."""
@@ -583,9 +687,11 @@ class Accountant:
                     self._stop.wait(0.02)
                 now = time.monotonic()
                 if now >= next_sync:
-                    # without records, exited members are read from /proc: look often,
-                    # before their parents reap them
-                    next_sync = now + (0.1 if listener is not None else 0.02)
+                    # look often while exits are being settled: a reaper's children's CPU
+                    # must be read before it exits itself, and without records exited
+                    # members must be read from /proc before their parents reap them
+                    busy = listener is None or ledger.busy()
+                    next_sync = now + (0.02 if busy else 0.1)
                     ledger.sync()
                     if listener is None:
                         ledger.finish_from_proc()
