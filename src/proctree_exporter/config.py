@@ -152,7 +152,7 @@ class ResourcesConfig(_Strict):
     enabled: bool = True
     sample_interval_seconds: float = Field(15.0, ge=1, le=3600)
     roots: list[str] = Field(default_factory=list)  # empty: every root
-    pss: bool = False  # PSS/USS from smaps_rollup: costly, opt-in
+    pss: bool = False  # PSS from smaps_rollup: costly, opt-in
     taskstats: bool = True  # exit records from the kernel; off: /proc while unreaped
 
 

@@ -1,4 +1,5 @@
-"""The running exporter: collector, roots, host sampler and web server, wired together.
+"""The running exporter: collector, roots, host sampler, resource accounting, state file
+and web server, wired together.
 
 Signals: SIGTERM and SIGINT shut down cleanly (well within 2 s); SIGHUP
 reloads the config. A reload adds and removes roots without touching the
