@@ -150,6 +150,27 @@ class EventSource(Protocol):
         """Why root ``name`` is down, if the core knows (a bad pidfile, no match)."""
 
 
+def read_root(source: EventSource, name: str, seen: ChangeLog | None, after: int
+              ) -> tuple[ChangeLog, Relist | None, list[RootEvent]]:
+    """What a reader holding its own cursor (``seen``, ``after``) on root ``name`` has
+    to apply next: the root's log, a relist to start from when the log is not the one
+    it read (a new root, or one replaced) or it fell behind, and the events after that,
+    up to a ``root_removed``. KeyError if the root is not watched."""
+    log = source.log(name)
+    relist = None
+    if log is not seen:
+        relist = source.relist(name)
+        after = relist.seq
+    events, lost = log.since(after)
+    if lost:
+        relist = source.relist(name)
+        events, _ = log.since(relist.seq)
+    for i, ev in enumerate(events):
+        if ev.kind is EventKind.ROOT_REMOVED:
+            return log, relist, events[:i]
+    return log, relist, events
+
+
 def lost_event(root: str, after: int, count: int, ts: float) -> RootEvent:
     """The synthetic event a reader hands on when ``count`` events fell off the log."""
     return RootEvent(EventKind.LOST, root, after + count, ts, 0, 0, None, count=count)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .capabilities import PARTIAL, SUPPORTED, UNAVAILABLE, Capability
-from .changelog import EventSource, Relist
+from .changelog import ChangeLog, EventSource, Relist, read_root
 from .events import EventKind, RootEvent
 from .identity import Identity, same_start
 from .sampler import Sample, SampleRound, parse_io, parse_stat_figures
@@ -134,7 +134,7 @@ class _Root:
         self.exited = [0] * N_FIELDS
         self.live = [0] * N_FIELDS
         self.rss = self.pss = self.fds = self.threads = self.sampled = 0
-        self.log: object = None
+        self.log: ChangeLog | None = None
         self.seq = 0
         self.listed: Callable[[int], bool] = lambda depth: True
         self.depth_limited = False  # max_depth: a member's children may be no members
@@ -231,26 +231,24 @@ class Ledger:
             for name in [n for n in self._roots if n not in names]:
                 self._drop_root(self._roots.pop(name))
             for name in names:
+                root = self._roots.get(name)
                 try:
-                    log_ = source.log(name)
-                    root = self._roots.get(name)
-                    if root is None or root.log is not log_:
-                        if root is not None:
-                            self._drop_root(root)
-                        root = self._roots[name] = _Root(name)
-                        self._load(root, log_, source.relist(name))
-                    events, lost = log_.since(root.seq)
-                    if lost:  # fell behind its log: read the root whole again
-                        self._load(root, log_, source.relist(name))
-                        events, _ = log_.since(root.seq)
+                    log_, relist, events = read_root(source, name,
+                                                     root.log if root else None,
+                                                     root.seq if root else 0)
                 except KeyError:  # removed meanwhile
                     dead = self._roots.pop(name, None)
                     if dead is not None:
                         self._drop_root(dead)
                     continue
+                if relist is not None:
+                    if root is None or root.log is not log_:  # a new root, or replaced
+                        if root is not None:
+                            self._drop_root(root)
+                        root = self._roots[name] = _Root(name)
+                    self._load(root, log_, relist)  # or fell behind: read it whole again
+                assert root is not None
                 for ev in events:
-                    if ev.kind is EventKind.ROOT_REMOVED:
-                        break
                     self._apply(root, ev, from_zero=True)
                     root.seq = ev.seq
             self._settle(self.clock())
@@ -258,7 +256,7 @@ class Ledger:
                 self._correct(reaper)
             self._dirty.clear()
 
-    def _load(self, root: _Root, log_: object, rl: Relist) -> None:
+    def _load(self, root: _Root, log_: ChangeLog, rl: Relist) -> None:
         """Read a root whole: at first sight, or after falling behind its log."""
         root.log = log_
         root.seq = rl.seq

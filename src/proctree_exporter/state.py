@@ -50,7 +50,7 @@ from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .changelog import ChangeLog, EventSource, Relist
+from .changelog import ChangeLog, EventSource, Relist, read_root
 from .classification import EXITED, HEALTHY, ORPHANED, PID_REUSED, ZOMBIE
 from .events import EventKind, RootEvent
 from .identity import Identity
@@ -393,21 +393,17 @@ class StateTables:
         for name in [n for n in self.roots if n not in names]:
             del self.roots[name]
         for name in names:
+            t = self.roots.get(name)
             try:
-                log = source.log(name)
-                t = self.roots.get(name)
-                if t is None or t.log is not log:
-                    t = self.roots[name] = _RootTables(log, source.relist(name))
-                events, lost = log.since(t.seq)
-                if lost:
-                    t = self.roots[name] = _RootTables(log, source.relist(name))
-                    events, _ = log.since(t.seq)
+                log, relist, events = read_root(source, name, t.log if t else None,
+                                                t.seq if t else 0)
             except KeyError:  # removed meanwhile
                 self.roots.pop(name, None)
                 continue
+            if relist is not None or t is None:
+                assert relist is not None
+                t = self.roots[name] = _RootTables(log, relist)
             for ev in events:
-                if ev.kind is EventKind.ROOT_REMOVED:
-                    break
                 t.apply(ev)
                 t.seq = ev.seq
 
