@@ -79,6 +79,7 @@ def _mappings(values: dict[int, tuple[str, str]]) -> list[dict[str, Any]]:
 UP_MAPPING = _mappings({0: ("down", "red"), 1: ("up", "green")})
 READY_MAPPING = _mappings({0: ("starting", "orange"), 1: ("ready", "green")})
 YES_NO_MAPPING = _mappings({0: ("no", "green"), 1: ("yes", "orange")})
+EXACT_MAPPING = _mappings({0: ("degraded", "orange"), 1: ("exact", "green")})
 
 
 def _thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
@@ -281,14 +282,16 @@ def overview() -> dict[str, Any]:
               width=12, extra={"min": 0}),
     ]
     columns = {"Value #A": "up", "Value #B": "members", "Value #C": "orphaned",
-               "Value #D": "zombie", "Value #E": "spawned/s", "Value #F": "exited/s"}
+               "Value #D": "zombie", "Value #E": "spawned/s", "Value #F": "exited/s",
+               "Value #G": "tracking"}
     drill = (f"/d/{ROOT_UID}/?var-datasource=${{datasource}}&var-job=${{__data.fields.job}}"
              "&var-instance=${__data.fields.instance}&var-root=${__data.fields.root}"
              "&${__url_time_range}")
     roots_table = Panel(
         "table", "Roots",
-        "Every root now: up, members, orphans, zombies, and churn over 5 minutes (recording "
-        "rules from deploy/prometheus/rules.yml). Click a root for its drill-down.", "short",
+        "Every root now: up, members, orphans, zombies, churn over 5 minutes (recording "
+        "rules from deploy/prometheus/rules.yml), and tracking (exact: every member seen "
+        "forking; degraded: /proc placed some). Click a root for its drill-down.", "short",
         [Q(f"max by ({by_r}) (proctree_root_up{{{ROOT}}})", instant=True),
          Q(f"sum by ({by_r}) (instance_root:proctree_root_members:sum{{{ROOT}}})",
            instant=True),
@@ -299,7 +302,8 @@ def overview() -> dict[str, Any]:
          Q(f"sum by ({by_r}) (instance_root:proctree_root_spawned:rate5m{{{ROOT}}})",
            instant=True),
          Q(f"sum by ({by_r}) (instance_root:proctree_root_exited:rate5m{{{ROOT}}})",
-           instant=True)],
+           instant=True),
+         Q(f"min by ({by_r}) (proctree_root_confidence_exact{{{ROOT}}})", instant=True)],
         width=24, height=8,
         extra={"transformations": [
             {"id": "merge", "options": {}},
@@ -309,6 +313,8 @@ def overview() -> dict[str, Any]:
                "overrides": [
                    {"matcher": {"id": "byName", "options": "up"},
                     "properties": [{"id": "mappings", "value": UP_MAPPING}]},
+                   {"matcher": {"id": "byName", "options": "tracking"},
+                    "properties": [{"id": "mappings", "value": EXACT_MAPPING}]},
                    {"matcher": {"id": "byRegexp", "options": "(spawned|exited)/s"},
                     "properties": [{"id": "unit", "value": "cps"}]},
                    {"matcher": {"id": "byName", "options": "root"},
@@ -380,10 +386,10 @@ def root() -> dict[str, Any]:
     stats = [
         Panel("stat", "Up", "Whether a process matching the root's selector is alive.", "none",
               [Q(f"max by ({by_r}) (proctree_root_up{{{ROOT}}})", "{{instance}}")],
-              width=4, height=4, extra={"mappings": UP_MAPPING, "graph_mode": "none"}),
+              width=3, height=4, extra={"mappings": UP_MAPPING, "graph_mode": "none"}),
         Panel("stat", "Instances", "Live processes matching the selector.", "none",
               [Q(f"sum by ({by_r}) (proctree_root_instances{{{ROOT}}})", "{{instance}}")],
-              width=4, height=4),
+              width=3, height=4),
         Panel("stat", "Members", "Live members of the tree, every class.", "none",
               [Q(f"sum by ({by_r}) (proctree_root_processes{{{ROOT}}})", "{{instance}}")],
               width=4, height=4),
@@ -399,7 +405,14 @@ def root() -> dict[str, Any]:
               "Whether the root has more members than max_members lists (counts stay exact).",
               "none", [Q(f"max by ({by_r}) (proctree_root_truncated{{{ROOT}}})",
                          "{{instance}}")],
-              width=4, height=4, extra={"mappings": YES_NO_MAPPING, "graph_mode": "none"}),
+              width=3, height=4, extra={"mappings": YES_NO_MAPPING, "graph_mode": "none"}),
+        Panel("stat", "Tracking",
+              "exact: every live member was placed by a fork event; degraded: /proc placed "
+              "some (present before the exporter, a resync after lost events; the API's "
+              "confidence_reason says which).", "none",
+              [Q(f"min by ({by_r}) (proctree_root_confidence_exact{{{ROOT}}})",
+                 "{{instance}}")],
+              width=3, height=4, extra={"mappings": EXACT_MAPPING, "graph_mode": "none"}),
     ]
     series = [
         Panel("timeseries", "Members by class",

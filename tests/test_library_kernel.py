@@ -228,3 +228,80 @@ def test_the_readme_library_example_runs(janitor: Janitor) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "orphaned" in out and "exited with code 3" in out, out
+
+
+# a subreaper that runs a job (argv[1]) and reaps whatever it is handed, so that what a
+# kill ends is gone from /proc (this sandbox's PID 1 does not reap)
+SUBREAPER = (
+    "import ctypes, os, subprocess, sys, time\n"
+    "assert ctypes.CDLL(None).prctl(36, 1, 0, 0, 0) == 0\n"
+    "print(subprocess.Popen(['/bin/sh', '-c', sys.argv[1]]).pid, flush=True)\n"
+    "while True:\n"
+    "    try:\n"
+    "        os.wait()\n"
+    "    except ChildProcessError:\n"
+    "        time.sleep(0.05)\n"
+)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+def test_a_root_kills_its_tree_and_says_how_sure_it_is(monitor: Monitor,
+                                                       janitor: Janitor) -> None:
+    holder = janitor.spawn([sys.executable, "-c", SUBREAPER,
+                            "sh -c 'sleep 301 & sleep 302 &'; sleep 303 & exec sleep 304"])
+    job = int(read_lines(holder, 1)[0])
+    janitor.track(job)
+    monitor.catch_up()
+    with monitor.attach("kill-me", pid=job) as root:
+        obs = wait_for(lambda: (o := root.observe()).classes.get("orphaned") == 2 and o)
+        assert root.confidence.level == "exact" and root.confidence.reason == ""
+        assert isinstance(root.confidence, proctree_exporter.Confidence)
+        for m in obs.members.values():
+            janitor.track(m.pid)
+        one = next(m for m in obs.members.values() if m.depth == 1)
+        with pytest.raises(LookupError):
+            root.kill(one.pid, start_ticks=one.start_ticks + 1000)  # not that identity
+        report = root.kill(one.pid, one.start_ticks, grace_seconds=1)
+        assert isinstance(report, proctree_exporter.KillReport)
+        assert report.complete and [p["outcome"] for p in report.processes] == ["exited"]
+        report = root.kill_tree(grace_seconds=1)
+        assert report.complete, report.doc()
+        pids = {m.pid for m in obs.members.values()}
+        assert {p["pid"] for p in report.processes} == pids - {one.pid}
+        assert not any(_running(pid) for pid in pids)
+        assert _running(holder.pid), "the holder is not in the root: untouched"
+
+
+def test_a_root_over_processes_older_than_the_monitor_is_degraded(janitor: Janitor) -> None:
+    old = janitor.spawn("sleep 300 & sleep 300 & wait")
+    kids = wait_for(lambda: len(_children(old.pid)) == 2 and _children(old.pid))
+    for pid in kids:
+        janitor.track(pid)
+    with Monitor() as late:
+        root = late.attach(pid=old.pid)
+        conf = root.confidence
+        assert (conf.level, conf.inferred) == ("degraded", {"snapshot": 2})
+        assert "start-up snapshot" in conf.reason
+        forked = janitor.spawn("sleep 300")
+        later = late.attach(pid=forked.pid)
+        assert later.confidence.level == "exact"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except OSError:
+                continue
+    return out

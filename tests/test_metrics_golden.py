@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 
 from proctree_exporter.capabilities import Capability
 from proctree_exporter.collector import LAG_BUCKETS
+from proctree_exporter.control import ControlStats
 from proctree_exporter.export.prometheus import families
 from proctree_exporter.host import HostStates
 from proctree_exporter.resources import ResourceStats, RootResources
@@ -42,13 +43,14 @@ def fixed_snapshot() -> Snapshot:
                          spawned_total=1204, exited_total=1201, restarts_total=0,
                          pid_reuse_total=1, actions={("term", "sent"): 2, ("kill", "gone"): 1},
                          class_changes={"orphaned": 2, "zombie": 1, "pid_reused": 1},
-                         max_depth=3, truncated=False, tombstones=17),
+                         max_depth=3, truncated=False, tombstones=17, runtime=True),
             RootSnapshot(name="host", select="pid", up=True, instances=1,
                          start_time=1_799_990_000.5, members=1500,
                          classes={"healthy": 1490, "orphaned": 10, "zombie": 0},
                          spawned_total=90_000, exited_total=88_500, restarts_total=0,
                          pid_reuse_total=0, actions={}, class_changes={"orphaned": 10},
-                         max_depth=9, truncated=True, tombstones=1000),
+                         max_depth=9, truncated=True, tombstones=1000,
+                         inferred={"snapshot": 1480, "resync": 3}),
         ),
         events={"fork": 100, "exec": 40, "exit": 99, "comm": 3, "uid": 1, "gid": 0, "sid": 0,
                 "ptrace": 0, "coredump": 0, "ack": 1},
@@ -81,6 +83,9 @@ def fixed_snapshot() -> Snapshot:
             exits_accounted=89_700, exits_unaccounted={"no_record": 2}, records_lost=0,
             last_round_wall=1_800_000_090.0, last_round_seconds=0.104,
             sampler_cpu_seconds=12.5, sampled_total=200_000),
+        control=ControlStats(enabled=True, writes={("ensure", "201"): 40, ("ensure", "409"): 1,
+                                                   ("kill_tree", "200"): 38},
+                             runtime_roots=2, restored=1, gone=1),
     )
 
 

@@ -23,7 +23,8 @@ except PackageNotFoundError:  # running from a source tree without install
 # after __version__, which the modules below import
 from .actions import ActionOutcome
 from .capabilities import Capability
-from .classification import ProcessClass
+from .classification import Confidence, ProcessClass
+from .control import KillReport
 from .events import Ancestor, EventKind, RootEvent
 from .identity import Identity
 from .mirror import MemberInfo
@@ -34,9 +35,11 @@ __all__ = [
     "ActionOutcome",
     "Ancestor",
     "Capability",
+    "Confidence",
     "Delta",
     "EventKind",
     "Identity",
+    "KillReport",
     "MemberInfo",
     "Monitor",
     "MonitorError",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .identity import Identity, same_start
-from .procfs import PROC, AccessDenied, ProcessGone, read_stat
+from .procfs import PROC, AccessDenied, ProcessGone, read_stat, read_status
 
 
 class ActionOutcome(StrEnum):
@@ -31,6 +31,7 @@ class ActionOutcome(StrEnum):
     GONE = "gone"  # the process had already exited
     IDENTITY_CHANGED = "identity_changed"  # its pid belongs to another process now
     FAILED = "failed"  # refused, or outside the root's lineage
+    NOT_PERMITTED = "not_permitted"  # the asker may not signal this process's owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +53,13 @@ def action_name(sig: int) -> str:
 
 
 def send_to_identity(identity: Identity, sig: int, *, exact: bool = True,
-                     proc: str = PROC) -> ActionOutcome:
+                     proc: str = PROC, owner: int | None = None) -> ActionOutcome:
     """Signal the process ``identity`` and no other (see the module docstring).
 
     ``exact``: the identity's start was read from /proc rather than derived
-    from an event timestamp (see :mod:`.identity`).
+    from an event timestamp (see :mod:`.identity`). ``owner``: signal only if
+    the process's real or saved uid is this one (kill(2)'s rule for an
+    unprivileged sender), for a caller acting for that user.
     """
     pid = identity.pid
     try:
@@ -74,6 +77,15 @@ def send_to_identity(identity: Identity, sig: int, *, exact: bool = True,
             return ActionOutcome.FAILED
         if not same_start(identity.start_ticks, st.start_ticks, exact):
             return ActionOutcome.IDENTITY_CHANGED
+        if owner is not None:
+            try:
+                uids = read_status(pid, proc).uids
+            except ProcessGone:
+                return ActionOutcome.GONE
+            except (AccessDenied, ValueError):
+                return ActionOutcome.FAILED
+            if owner not in (uids[0], uids[2]):
+                return ActionOutcome.NOT_PERMITTED
         try:
             signal.pidfd_send_signal(fd, sig)
         except ProcessLookupError:

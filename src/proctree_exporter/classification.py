@@ -14,7 +14,9 @@ those facts, and nothing ever parses them back.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterable
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class ProcessClass(StrEnum):
@@ -96,3 +98,47 @@ def pid_reused_reason(pid: int, comm: str | None, start_ticks: int, new_comm: st
     """An exited member's pid now names another process."""
     return (f"pid {pid} of exited process {comm or '?'} (start {start_ticks}) now belongs to "
             f"{new_comm or '?'} (start {new_start})")
+
+
+# -- a root's confidence in its membership ------------------------------------------------
+
+# tree.LINEAGE_SNAPSHOT, _RESYNC, _LATE, _POLL: a member with one of these was placed by
+# what /proc said, not by a fork event (tree.LINEAGE_FORK: this run's; _RESTORED: an
+# earlier run's, kept in the state file)
+INFERRED_LINEAGE = frozenset({"snapshot", "resync", "late", "poll"})
+EXACT, DEGRADED = "exact", "degraded"
+
+
+class Confidence(NamedTuple):
+    """How sure a root is of its membership (see :meth:`.membership.Roots.confidence`)."""
+
+    level: str  # EXACT or DEGRADED
+    inferred: dict[str, int]  # live members by lineage source, for those not seen forking
+
+    @property
+    def reason(self) -> str:
+        """Why it is degraded, as a sentence ('' when exact)."""
+        if not self.inferred:
+            return ""
+        parts = [f"{n} from {_SOURCE_WORDS.get(src, src)}"
+                 for src, n in sorted(self.inferred.items())]
+        total = sum(self.inferred.values())
+        return (f"{total} member{'s' if total != 1 else ''} placed by /proc, not by a "
+                f"fork event: " + ", ".join(parts))
+
+
+_SOURCE_WORDS = {
+    "snapshot": "the start-up snapshot (they predate the exporter)",
+    "resync": "a resync after lost events",
+    "late": "a late first sighting (fork event missed)",
+    "poll": "/proc polling (no event source)",
+}
+
+
+def confidence_of(inferred: Iterable[str]) -> Confidence:
+    """The confidence of a root whose live members' lineage sources not in
+    ``INFERRED_LINEAGE`` are ``inferred`` (one item per member)."""
+    counts: dict[str, int] = {}
+    for src in inferred:
+        counts[src] = counts.get(src, 0) + 1
+    return Confidence(DEGRADED if counts else EXACT, counts)

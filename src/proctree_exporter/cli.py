@@ -1,5 +1,6 @@
 """Command line: ``run`` (default), ``check-config``, ``tree``, ``watch`` (here, or of a
-remote exporter with ``--url``), ``capabilities``."""
+remote exporter with ``--url``), ``capabilities``, ``roots`` (a running exporter's write
+API)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import __version__
 from .capabilities import negotiate
-from .classification import EXITED
+from .classification import EXACT, EXITED, INFERRED_LINEAGE, ORPHANED, ZOMBIE, confidence_of
 from .collector import Collector
 from .config import Config, ConfigError, load_config
-from .daemon import build, make_tree
+from .control_client import DEFAULT_SOCKET, ApiError, ControlClient, Unreachable
+from .daemon import build, check_write_users, make_tree
 from .events import EventKind, RootEvent
 from .httpserver import parse_listen_address
 from .mirror import MemberInfo, member_from
@@ -102,12 +107,16 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate the config (and the web config it names) and say so."""
     cfg, path = _load(args.config)
     web = args.web_config_file or cfg.web.config_file
-    if web:
-        try:
-            load_web_config(web)
-        except WebConfigError as exc:
-            print(f"proctree-exporter: bad web config: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+    if web and path is not None and not os.path.isabs(web) and not args.web_config_file:
+        web = str(path.parent / web)  # as the daemon reads it
+    try:
+        check_write_users(cfg, load_web_config(web))
+    except WebConfigError as exc:
+        print(f"proctree-exporter: bad web config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        print(f"proctree-exporter: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"{path or '(built-in defaults)'}: ok")
     return 0
 
@@ -307,6 +316,45 @@ def _seed_lines(seed: Seed, known: Known, *, as_json: bool, show_root: bool) -> 
     return lines
 
 
+class _Confidences:
+    """Each watched root's confidence, from the members ``watch`` knows: a line when it
+    is first known and whenever its level changes (see :meth:`.Roots.confidence`)."""
+
+    def __init__(self) -> None:
+        self.inferred: dict[str, dict[str, int]] = {}  # root -> lineage source -> live
+        self.shown: dict[str, str] = {}
+
+    def count(self, root: str, m: MemberInfo, delta: int) -> None:
+        c = self.inferred.setdefault(root, {})
+        if m.depth > 0 and m.lineage_source in INFERRED_LINEAGE:
+            c[m.lineage_source] = c.get(m.lineage_source, 0) + delta
+            if c[m.lineage_source] <= 0:
+                del c[m.lineage_source]
+
+    def lines(self, *, as_json: bool, show_root: bool) -> list[str]:
+        out = []
+        for root, counts in self.inferred.items():
+            conf = confidence_of(src for src, n in counts.items() for _ in range(n))
+            # an exact root is the quiet normal case: a line once it is degraded, and
+            # when that changes
+            if self.shown.get(root, EXACT) == conf.level:
+                continue
+            self.shown[root] = conf.level
+            ts = time.time()
+            if as_json:
+                # the shape of every other line: about the root, so no process
+                out.append(json.dumps({"event": "confidence", "ts": round(ts, 6),
+                                       "root": root, "pid": 0, "start_ticks": 0,
+                                       "comm": None, "class": "", "reason": conf.reason,
+                                       "confidence": conf.level}))
+                continue
+            stamp = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
+            where = f"{root:<12} " if show_root else ""
+            text = f"{stamp} {'tracking':<8} {where}confidence {conf.level}"
+            out.append(f"{text}  {conf.reason}" if conf.reason else text)
+        return out
+
+
 def _follow(changes: Callable[[float], Iterable[RootEvent | Seed]], stopping: threading.Event,
             deadline: float | None, *, as_json: bool, show_root: bool = False) -> None:
     """The loop of both ``watch`` paths: one line per change until ``stopping`` is set or
@@ -314,19 +362,30 @@ def _follow(changes: Callable[[float], Iterable[RootEvent | Seed]], stopping: th
     ends after ``wait`` seconds without anything."""
     out = sys.stdout
     known: Known = {}
+    confidences = _Confidences()
     while not stopping.is_set():
         wait = 0.1 if deadline is None else max(min(0.1, deadline - time.monotonic()), 0)
         lines: list[str] = []
         for change in changes(wait):
             if isinstance(change, Seed):
                 lines.extend(_seed_lines(change, known, as_json=as_json, show_root=show_root))
+                for m in change.members:
+                    confidences.count(change.root, m, 1)
             else:
-                line = event_line(change, _track(known, change), as_json=as_json,
-                                  show_root=show_root)
+                before = known.get((change.root, change.pid, change.start_ticks))
+                member = _track(known, change)
+                if change.kind is EventKind.JOINED and member is not None and (
+                        before is None or before.exited_at is not None):
+                    confidences.count(change.root, member, 1)
+                elif change.kind is EventKind.EXITED and before is not None \
+                        and before.exited_at is None:
+                    confidences.count(change.root, before, -1)
+                line = event_line(change, member, as_json=as_json, show_root=show_root)
                 if line is not None:
                     lines.append(line)
             if len(lines) >= 256 or stopping.is_set():
                 break
+        lines.extend(confidences.lines(as_json=as_json, show_root=show_root))
         if lines:
             out.write("\n".join(lines) + "\n")
             out.flush()
@@ -443,6 +502,307 @@ def _watch_remote(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- roots ----------------------------------------------------------------------
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_NOT_PERMITTED = 5
+_EXIT_BY_STATUS = {400: EXIT_USAGE, 401: EXIT_NOT_PERMITTED, 403: EXIT_NOT_PERMITTED,
+                   404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT, 429: EXIT_NOT_PERMITTED}
+ROOTS_EXIT_CODES = """exit codes:
+  0  success
+  1  failure: cannot connect, no answer, a server error (5xx), a kill not complete
+  2  usage, or a request the exporter rejected as invalid (400)
+  3  not found: no such root, or no such member (404)
+  4  conflict: a root of that name exists and differs, or is from config.yaml (409)
+  5  not permitted: no or wrong credentials (401), not allowed to write (403),
+     too many attempts (429), or the socket's mode keeps you out"""
+# the keys of a root that --select, --match and the name give
+_ROOT_OWN_KEYS = ("name", "select", "match")
+
+
+class _Usage(Exception):
+    """A usage error of ``roots``, said before anything is sent."""
+
+
+def _roots_usage(message: str) -> int:
+    print(f"proctree-exporter roots: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _control(args: argparse.Namespace) -> ControlClient:
+    """The exporter to talk to: ``--socket``, ``--url``, ``PROCTREE_EXPORTER_URL``,
+    ``PROCTREE_EXPORTER_SOCKET``, then the default socket, in that order."""
+    if args.timeout <= 0:
+        raise _Usage("--timeout: give a number of seconds above 0")
+    url = None if args.socket is not None else (
+        args.url or os.environ.get("PROCTREE_EXPORTER_URL") or None)
+    if url is None:
+        if args.ca_file is not None or args.insecure:
+            raise _Usage("--ca-file and --insecure go with --url")
+        path = args.socket or os.environ.get("PROCTREE_EXPORTER_SOCKET") or DEFAULT_SOCKET
+        return ControlClient.unix(path, timeout=args.timeout)
+    try:
+        return ControlClient.http(url, ca_file=args.ca_file, insecure=args.insecure,
+                                  timeout=args.timeout)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+
+
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as a root's keys: each VALUE read as YAML (``true``,
+    ``5``, ``1.5`` are typed), a dotted KEY (``actions.enabled``) a nested mapping.
+    :class:`_Usage` says what is wrong."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, eq, text = pair.partition("=")
+        path = key.strip().split(".")
+        if not eq or not all(path):
+            raise _Usage(f"--set {pair!r}: expected KEY=VALUE (KEY may be dotted: "
+                         f"actions.enabled=true)")
+        if path[0] in _ROOT_OWN_KEYS:
+            raise _Usage(f"--set {key}: give the name as NAME, and --select and --match")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise _Usage(f"--set {key}: not a YAML value: "
+                         f"{str(exc).splitlines()[0]}") from None
+        where = out
+        for i, part in enumerate(path[:-1]):
+            inner = where.setdefault(part, {})
+            if not isinstance(inner, dict):
+                raise _Usage(f"--set {key}: {'.'.join(path[:i + 1])} is set to a value")
+            where = inner
+        if path[-1] in where and (isinstance(where[path[-1]], dict) or len(path) == 1):
+            raise _Usage(f"--set {key}: given twice")
+        where[path[-1]] = value
+    return out
+
+
+def _print_json(doc: Any) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def _table(rows: Sequence[Sequence[str]], numeric: frozenset[int]) -> list[str]:
+    """Rows as aligned text: columns in ``numeric`` right-aligned, the last one unpadded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for r in rows:
+        cells = [c.rjust(w) if i in numeric else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _roots_list(client: ControlClient, args: argparse.Namespace) -> int:
+    doc = client.roots().doc
+    if args.json:
+        _print_json(doc)
+        return 0
+    rows = [("NAME", "ORIGIN", "STATE", "MEMBERS", "ORPHANED", "ZOMBIE", "CONFIDENCE")]
+    for r in doc.get("roots") or ():
+        classes = r.get("classes") or {}
+        rows.append((str(r.get("name")), "runtime" if r.get("runtime") else "config",
+                     "up" if r.get("up") else "down", str(r.get("member_count", 0)),
+                     str(classes.get(str(ORPHANED), 0)), str(classes.get(str(ZOMBIE), 0)),
+                     str(r.get("confidence") or "-")))
+    print("\n".join(_table(rows, frozenset({3, 4, 5}))))
+    return 0
+
+
+def _roots_add(client: ControlClient, args: argparse.Namespace) -> int:
+    spec = {"select": args.select, "match": args.match, **parse_settings(args.set or ())}
+    reply = client.put_root(args.name, spec)
+    if args.json:
+        _print_json(reply.doc)
+        return 0
+    count = (reply.doc or {}).get("member_count", 0)
+    if reply.status == 201:
+        print(f"created root {args.name}: {count} members")
+    else:
+        print(f"root {args.name} exists unchanged: {count} members")
+    return 0
+
+
+def _kill_lines(report: dict[str, Any]) -> tuple[list[str], bool]:
+    """A kill report as lines (one per process, then a summary); whether it completed."""
+    procs = report.get("processes") or []
+    rows = [(str(p.get("pid")), str(p.get("comm") or "?"), str(p.get("outcome")),
+             ",".join(p.get("signals") or ()) or "-") for p in procs]
+    lines = _table(rows, frozenset({0})) if rows else []
+    outcomes: dict[str, int] = {}
+    for p in procs:
+        outcomes[str(p.get("outcome"))] = outcomes.get(str(p.get("outcome")), 0) + 1
+    what = ("the tree" if report.get("target") == "tree"
+            else f"process {procs[0].get('pid')}" if len(procs) == 1 else "a process")
+    complete = bool(report.get("complete"))
+    counted = ", ".join(f"{n} {o}" for o, n in outcomes.items()) or "nothing to kill"
+    seconds = float(report.get("seconds") or 0.0)
+    lines.append(f"{'killed' if complete else 'kill INCOMPLETE:'} {what} of root "
+                 f"{report.get('root')}: {counted}; {report.get('remaining', 0)} remaining "
+                 f"({report.get('method')}, {seconds:.2f} s)")
+    return lines, complete
+
+
+def _kill_incomplete(report: dict[str, Any]) -> int:
+    print(f"proctree-exporter: kill of root {report.get('root')} incomplete: "
+          f"{report.get('remaining', '?')} processes remain after the grace period",
+          file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _roots_remove(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.grace is not None and not args.kill:
+        raise _Usage("--grace goes with --kill")
+    reply = client.delete_root(args.name, kill=args.kill, grace_seconds=args.grace)
+    doc = reply.doc or {}
+    report = doc.get("kill")
+    if args.json:
+        _print_json(doc)
+    else:
+        if report:
+            print("\n".join(_kill_lines(report)[0]))
+        print(f"removed root {args.name}" if doc.get("removed") else
+              f"root {args.name} not removed")
+    if report and not report.get("complete"):
+        return _kill_incomplete(report)
+    return 0 if doc.get("removed") else EXIT_FAILED
+
+
+def _member_start(client: ControlClient, name: str, pid: int) -> int | None:
+    """The start time of the live member ``pid`` of root ``name`` (None: no such member)."""
+    doc = client.root(name).doc or {}
+    for m in doc.get("members") or ():
+        if m.get("pid") == pid and m.get("exited_at") is None:
+            return int(m["start_ticks"])
+    return None
+
+
+def _roots_kill(client: ControlClient, args: argparse.Namespace) -> int:
+    if args.start_ticks is not None and args.pid is None:
+        raise _Usage("--start-ticks goes with --pid")
+    if args.pid is None:
+        reply = client.kill_root(args.name, grace_seconds=args.grace)
+    else:
+        start = args.start_ticks
+        if start is None:
+            start = _member_start(client, args.name, args.pid)
+            if start is None:
+                print(f"proctree-exporter: pid {args.pid} is not a live member of root "
+                      f"{args.name}", file=sys.stderr)
+                return EXIT_NOT_FOUND
+        reply = client.kill_process(args.name, args.pid, start, grace_seconds=args.grace)
+    report = reply.doc or {}
+    if args.json:
+        _print_json(report)
+    else:
+        print("\n".join(_kill_lines(report)[0]))
+    return 0 if report.get("complete") else _kill_incomplete(report)
+
+
+def cmd_roots(args: argparse.Namespace) -> int:
+    """Ask a running exporter's write API to list, add, remove or kill roots."""
+    actions: dict[str, Callable[[ControlClient, argparse.Namespace], int]] = {
+        "list": _roots_list, "add": _roots_add, "remove": _roots_remove, "kill": _roots_kill}
+    try:
+        client = _control(args)
+    except _Usage as exc:
+        return _roots_usage(str(exc))
+    try:
+        return actions[args.action](client, args)
+    except _Usage as exc:
+        return _roots_usage(str(exc))
+    except Unreachable as exc:
+        print(f"proctree-exporter: {exc}", file=sys.stderr)
+        return EXIT_NOT_PERMITTED if exc.refused else EXIT_FAILED
+    except ApiError as exc:
+        hint = ""
+        if exc.status == 401:
+            hint = ("; the user or password is wrong" if client.sends_credentials else
+                    "; give a user (USER@ in the URL, or PROCTREE_USER) and PROCTREE_PASSWORD")
+        print(f"proctree-exporter: {exc}{hint}", file=sys.stderr)
+        return _EXIT_BY_STATUS.get(exc.status, EXIT_FAILED)
+
+
+def _described(prose: str) -> str:
+    """A subcommand's description: ``prose`` wrapped, then the exit codes as a table."""
+    return textwrap.fill(prose, 79) + "\n\n" + ROOTS_EXIT_CODES
+
+
+def _add_roots_parser(sub: Any) -> None:
+    """``roots`` and its actions, on the subcommands ``sub``."""
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the table of exit codes a table
+    roots = sub.add_parser(
+        "roots", help="list, add, remove and kill the roots of a running exporter",
+        formatter_class=raw, description=_described(
+            "Talk to a running exporter's write API (api.write in its config): list its "
+            "roots, add one at run time, remove one, or end the processes of one. By "
+            "default over the Unix socket of api.write.socket (--socket, or "
+            f"PROCTREE_EXPORTER_SOCKET, else {DEFAULT_SOCKET}); with --url (or "
+            "PROCTREE_EXPORTER_URL), over HTTP(S) as a user of api.write.users: the user "
+            "from USER@ in the URL or PROCTREE_USER, the password from PROCTREE_PASSWORD "
+            "(or USER:PASSWORD@ in the URL)."))
+    where = roots.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="the exporter's API socket "
+                       f"(default: PROCTREE_EXPORTER_SOCKET, else {DEFAULT_SOCKET})")
+    where.add_argument("--url", metavar="URL", help="the exporter at "
+                       "http[s]://[USER@]HOST:PORT instead (default: PROCTREE_EXPORTER_URL)")
+    roots.add_argument("--ca-file", metavar="FILE", help="with an https --url: trust the "
+                       "CA certificates in this PEM file (default: the system's)")
+    roots.add_argument("--insecure", action="store_true", help="with an https --url: "
+                       "do not verify the exporter's certificate")
+    roots.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                       help="wait this long for an answer (default 30; a kill waits for "
+                       "its grace period and 10 s more at least)")
+    actions = roots.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser(
+        "list", help="the exporter's roots, one a line", formatter_class=raw,
+        description=_described(
+            "The exporter's roots: where each comes from (config.yaml, or added at run "
+            "time), whether it is up, its members, orphans and zombies, and whether those "
+            "are exact or degraded (events lost, or /proc polled)."))
+    add = actions.add_parser(
+        "add", help="watch a new root", formatter_class=raw, description=_described(
+            "Watch a new root, as a roots[] entry of config.yaml would (until the exporter "
+            "stops). Adding a root that is there already with the same keys changes "
+            "nothing; with other keys, it is a conflict."))
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--select", required=True,
+                     choices=["pid", "pidfile", "comm", "exe", "cmdline", "cgroup"])
+    add.add_argument("--match", required=True, metavar="X", help="what --select matches")
+    add.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="another key of the root, VALUE read as YAML (max_depth=3, "
+                     "capture_cmdline=true, actions.enabled=true); repeatable")
+    remove = actions.add_parser(
+        "remove", help="stop watching a root", formatter_class=raw, description=_described(
+            "Stop watching a root; with --kill, end its processes first (SIGTERM, then "
+            "SIGKILL after the grace period) and print what became of each."))
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("--kill", action="store_true", help="end the root's processes first")
+    remove.add_argument("--grace", type=float, metavar="SECONDS", help="with --kill: "
+                        "seconds between SIGTERM and SIGKILL (default: the exporter's "
+                        "api.write.kill_grace_seconds)")
+    kill = actions.add_parser(
+        "kill", help="end a root's processes, or one of them", formatter_class=raw,
+        description=_described(
+            "End every live process of a root (SIGTERM, then SIGKILL after the grace "
+            "period; or cgroup.kill), or only the member --pid. One line per process: "
+            "pid, comm, what became of it, the signals sent; then a summary."))
+    kill.add_argument("name", metavar="NAME")
+    kill.add_argument("--pid", type=int, help="only this member")
+    kill.add_argument("--start-ticks", type=int, metavar="N", help="with --pid: only if it "
+                      "started at this time (default: the live member's, as the exporter "
+                      "lists it), so that a reused pid is never hit")
+    kill.add_argument("--grace", type=float, metavar="SECONDS", help="seconds between "
+                      "SIGTERM and SIGKILL (default: the exporter's "
+                      "api.write.kill_grace_seconds)")
+    for q in (listing, add, remove, kill):
+        q.add_argument("--json", action="store_true", help="the exporter's JSON answer")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = argparse.ArgumentParser(prog="proctree-exporter",
@@ -506,6 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     caps = sub.add_parser("capabilities", help="what this host lets the exporter know")
     caps.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     caps.add_argument("--json", action="store_true", help="one JSON document")
+    _add_roots_parser(sub)
     return p
 
 
@@ -517,7 +878,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
     handler = {"run": cmd_run, "check-config": cmd_check_config, "tree": cmd_tree,
-               "watch": cmd_watch, "capabilities": cmd_capabilities}[command]
+               "watch": cmd_watch, "capabilities": cmd_capabilities,
+               "roots": cmd_roots}[command]
     try:
         return handler(args)
     except BrokenPipeError:

@@ -98,7 +98,8 @@ class RootConfig(_Strict):
             raise ValueError("match: must not be empty")
         return self
 
-    def spec(self) -> RootSpec:
+    def spec(self, *, runtime: bool = False) -> RootSpec:
+        """The core's view of this root; ``runtime``: added at run time, not by config."""
         a = self.actions
         return RootSpec(
             name=self.name, select=self.select, match=str(self.match),
@@ -111,6 +112,7 @@ class RootConfig(_Strict):
             actions=ActionSpec(enabled=a.enabled, dry_run=a.dry_run,
                                term_grace_s=a.term_grace_seconds,
                                signal_zombie_parents=a.signal_zombie_parents),
+            runtime=runtime,
         )
 
 
@@ -168,6 +170,40 @@ class StateConfig(_Strict):
         if v is not None and not v.strip():
             raise ValueError("an empty path: leave it unset (null) to keep no state")
         return v
+
+
+class ApiWriteConfig(_Strict):
+    """``api.write:`` the write API: roots added, removed and killed at run time."""
+
+    enabled: bool = False
+    users: list[str] = Field(default_factory=list)  # web-config basic-auth users, over TCP
+    socket: str | None = None  # a Unix socket serving the whole API
+    socket_mode: str = Field("0600", pattern=r"^0?[0-7]{3}$")
+    uids: list[int] = Field(default_factory=list)  # besides root, on the socket
+    kill_grace_seconds: float = Field(5.0, ge=0, le=600)
+    max_runtime_roots: int = Field(1000, ge=1, le=100_000)
+
+    @field_validator("socket")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("an absolute path, such as /run/proctree-exporter/api.sock")
+        return v
+
+    @model_validator(mode="after")
+    def _someone_may_write(self) -> ApiWriteConfig:
+        if self.enabled and not self.users and self.socket is None:
+            # never a write API open to anyone who reaches the port
+            raise ValueError("enabled: name api.write.users (basic-auth users of the web "
+                             "config) or an api.write.socket; writes are never open to "
+                             "unauthenticated clients")
+        return self
+
+
+class ApiConfig(_Strict):
+    """``api:`` the JSON API."""
+
+    write: ApiWriteConfig = ApiWriteConfig()
 
 
 class LogConfig(_Strict):
@@ -242,6 +278,7 @@ class Config(_Strict):
     host: HostConfig = HostConfig()
     state: StateConfig = StateConfig()
     resources: ResourcesConfig = ResourcesConfig()
+    api: ApiConfig = ApiConfig()
     roots: list[RootConfig] = Field(default_factory=lambda: list(DEFAULT_ROOTS),
                                     max_length=1000)
     log: LogConfig = LogConfig()

@@ -26,9 +26,10 @@ from .capabilities import Capability, negotiate
 from .clock import Clock
 from .collector import Collector
 from .config import Config, ConfigError, load_config
+from .control import Controller, ControlStats
 from .export.prometheus import SnapshotCollector
 from .host import HostStateSampler
-from .httpserver import Server, make_server
+from .httpserver import Server, make_server, make_unix_server
 from .identity import Identity
 from .membership import Roots
 from .mirror import Mirrors
@@ -96,22 +97,41 @@ class Daemon:
         self._accountant: Accountant | None = None
         self._resource_sampler: Sampler | None = None
         self.reloads = ReloadStatus()
+        write = cfg.api.write
+        self.control_stats = ControlStats(enabled=write.enabled)
+        self.controller: Controller | None = None  # the write API's, once ready
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(self.snapshot))
         self.app = App(self.registry, web_config, lambda: self.mirrors,
                        lambda: self.roots is not None, lambda: self.streams,
-                       lambda: self.ledger)
+                       lambda: self.ledger, control=lambda: self.controller,
+                       write=write, control_stats=self.control_stats)
         self.server: Server = make_server(listen_address, self.app,
                                           ssl_context=web_config.ssl_context(),
                                           max_connections=cfg.web.max_connections,
                                           read_timeout_s=cfg.web.read_timeout_seconds,
                                           worker_init=yield_to_the_collector,
                                           headers=web_config.response_headers())
+        self.socket_server: Server | None = None
+        if write.socket is not None:
+            try:
+                self.socket_server = make_unix_server(
+                    write.socket, self.app, mode=int(write.socket_mode, 8),
+                    read_timeout_s=cfg.web.read_timeout_seconds,
+                    worker_init=yield_to_the_collector,
+                    headers=web_config.response_headers())
+            except OSError as exc:
+                self.server.server_close()
+                raise OSError(exc.errno, f"api.write.socket {write.socket}: "
+                                         f"{exc.strerror or exc}") from None
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._server_thread = threading.Thread(target=self.server.serve_forever,
                                                kwargs={"poll_interval": 0.1},
                                                name="proctree-http", daemon=True)
+        self._socket_thread = threading.Thread(
+            target=self.socket_server.serve_forever, kwargs={"poll_interval": 0.1},
+            name="proctree-socket", daemon=True) if self.socket_server is not None else None
 
     def snapshot(self) -> Snapshot:
         """The state as /metrics shows it, now."""
@@ -120,7 +140,8 @@ class Daemon:
                     self.otel.stats() if self.otel is not None else None,
                     self.streams.stats if self.streams is not None else None,
                     self.state_stats,
-                    self.ledger.stats() if self.ledger is not None else None)
+                    self.ledger.stats() if self.ledger is not None else None,
+                    self.control_stats if self.control_stats.enabled else None)
 
     def state_path(self) -> Path | None:
         """Where the state file is (a relative ``state.path`` is beside the config)."""
@@ -137,7 +158,14 @@ class Daemon:
         host, port = self.server.server_address[:2]
         log.info("listening", extra={"fields": {
             "address": host, "port": port, "tls": self.server.ssl_context is not None,
-            "auth": self.web_config.auth_required()}})
+            "auth": self.web_config.auth_required(),
+            "write_users": ",".join(self.cfg.api.write.users) if self.cfg.api.write.enabled
+            else ""}})
+        if self._socket_thread is not None and self.socket_server is not None:
+            self._socket_thread.start()
+            log.info("listening", extra={"fields": {
+                "socket": self.socket_server.unix_path, "mode": self.cfg.api.write.socket_mode,
+                "uids": ",".join(map(str, [0, *self.cfg.api.write.uids]))}})
         self.collector.ready.wait()
         if self.collector.failed is not None:
             raise RuntimeError(f"collector failed: {self.collector.failed}")
@@ -147,11 +175,19 @@ class Daemon:
         # read and checked before the lock: the collector keeps applying events meanwhile
         saved = self._read_state(state_path, boot) if state_path is not None else None
         t0 = time.monotonic()
+        write = self.cfg.api.write
         with self.tree.lock:  # one step: no event lands between the restore and the roots
             lineage = self.tree.restore_lineage(saved.processes) if saved else None
             roots = Roots(self.tree, self.cfg.root_specs(), clock=self.tree.clock)
+            controller = Controller(
+                roots, catch_up=lambda t: self.collector.catch_up(t),
+                config_names=lambda: [r.name for r in self.cfg.roots],
+                max_runtime_roots=write.max_runtime_roots, grace_s=write.kill_grace_seconds,
+                stats=self.control_stats)
             if saved is not None and lineage is not None:
+                controller.restore(saved.runtime_roots, saved.roots)
                 self._restore_roots(roots, saved, lineage, time.monotonic() - t0)
+                controller.forget_gone()
             roots.attach()
         rc = self.cfg.resources
         if rc.enabled:
@@ -188,7 +224,8 @@ class Daemon:
         if state_path is not None:
             self.state_writer = StateWriter(
                 state_path, self.cfg.state.interval_seconds, roots,
-                lambda: self.snapshot().roots, self.state_stats, boot)
+                lambda: self.snapshot().roots, self.state_stats, boot,
+                runtime_roots=controller.saved)
             self.state_writer.start()
         # the tree's nodes live long: keep the cyclic GC from rescanning them on every
         # full collection (which put 40-90 ms pauses into scrapes on 20,000-process
@@ -196,6 +233,7 @@ class Daemon:
         gc.freeze()
         self.mirrors = mirrors
         self.streams = streams
+        self.controller = controller
         self.roots = roots  # from here /-/ready says 200
         log.info("ready", extra={"fields": {"source": self.collector.stats.source,
                                             "processes": self.tree.live_count,
@@ -241,6 +279,10 @@ class Daemon:
         if self._server_thread.is_alive():
             self.server.shutdown()
         self.server.server_close()
+        if self.socket_server is not None:
+            if self._socket_thread is not None and self._socket_thread.is_alive():
+                self.socket_server.shutdown()
+            self.socket_server.server_close()
         self.sampler.stop()
         if self._resource_sampler is not None:
             self._resource_sampler.stop()
@@ -288,8 +330,9 @@ class Daemon:
         t0 = time.time()
         try:
             new, _ = load_config(self.config_path)
+            assert self.controller is not None
+            self.controller.set_config_roots(new.root_specs())
             assert self.roots is not None
-            self.roots.set_roots(new.root_specs())
         except (ConfigError, ValueError, AssertionError) as exc:
             r = self.reloads
             self.reloads = ReloadStatus(r.success_total, r.failure_total + 1, False, t0, str(exc))
@@ -309,6 +352,7 @@ class Daemon:
             ("host", self.cfg.host, new.host),
             ("state", self.cfg.state, new.state),
             ("resources", self.cfg.resources, new.resources),
+            ("api", self.cfg.api, new.api),
             ("log.format", self.cfg.log.format, new.log.format),
             ("otel", self.cfg.otel, new.otel)) if old != now]
         if restart:
@@ -348,6 +392,24 @@ def build(cfg: Config, config_path: Path | None, listen_override: str | None,
     web_path = web_config_override or cfg.web.config_file
     if web_path and config_path and not os.path.isabs(web_path) and not web_config_override:
         web_path = str(config_path.parent / web_path)
+    web_config = load_web_config(web_path)
+    check_write_users(cfg, web_config)
     return Daemon(cfg, config_path=config_path,
                   listen_address=listen_override or cfg.web.listen_address,
-                  web_config=load_web_config(web_path))
+                  web_config=web_config)
+
+
+def check_write_users(cfg: Config, web_config: WebConfig) -> None:
+    """ConfigError unless every ``api.write.users`` entry is a basic-auth user of the
+    web config: writes over TCP are never unauthenticated."""
+    write = cfg.api.write
+    if not write.enabled or not write.users:
+        return
+    if not web_config.basic_auth_users:
+        raise ConfigError("api.write.users: the web config has no basic_auth_users, so "
+                          "writes over TCP would be unauthenticated; add the users to "
+                          "--web.config.file, or write through api.write.socket only")
+    unknown = [u for u in write.users if u not in web_config.basic_auth_users]
+    if unknown:
+        raise ConfigError(f"api.write.users: {', '.join(map(repr, unknown))} not in the web "
+                          "config's basic_auth_users")

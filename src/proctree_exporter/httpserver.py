@@ -16,16 +16,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import resource
 import selectors
 import socket
 import ssl
+import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler
 
 from . import __version__
@@ -159,7 +162,14 @@ class _Handler(WSGIRequestHandler):
     def get_environ(self) -> dict[str, Any]:
         env = super().get_environ()
         env["proctree.hijack"] = self._hijack
+        if isinstance(self.client_address, Peer):  # the Unix socket: who is asking
+            env["proctree.peer"] = self.client_address
+            env["REMOTE_ADDR"] = str(self.client_address)
         return env
+
+    def address_string(self) -> str:
+        return str(self.client_address[0]) if not isinstance(
+            self.client_address, Peer) else str(self.client_address)
 
     def _hijack(self) -> socket.socket:
         """Take the connection over: the caller owns the socket (and closes it); the
@@ -186,8 +196,9 @@ class _Pending:
 class Server:
     """A WSGI server: non-blocking reception, a fixed pool of worker threads."""
 
-    def __init__(self, address: tuple[str, int], app: Callable[..., Any], *, family: int,
-                 ssl_context: ssl.SSLContext | None = None, max_connections: int = 64,
+    def __init__(self, address: tuple[str, int] | str, app: Callable[..., Any], *,
+                 family: int, ssl_context: ssl.SSLContext | None = None,
+                 max_connections: int = 64, socket_mode: int = 0o600,
                  read_timeout_s: float = 10.0, max_pending: int = 1024,
                  max_head_bytes: int = MAX_HEAD_BYTES,
                  worker_init: Callable[[], None] | None = None,
@@ -200,19 +211,23 @@ class Server:
         self._app = app
         self.socket = socket.socket(family, socket.SOCK_STREAM)
         try:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6 and address[0] == "::":
-                # ":9632" means every address, v4 and v6
-                with contextlib.suppress(OSError):
-                    self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            self.socket.bind(address)
+            if family == socket.AF_UNIX:
+                _bind_unix(self.socket, str(address), socket_mode)
+            else:
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and address[0] == "::":
+                    # ":9632" means every address, v4 and v6
+                    with contextlib.suppress(OSError):
+                        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                self.socket.bind(address)
             self.socket.listen(128)
             self.socket.setblocking(False)
         except OSError:
             self.socket.close()
             raise
+        self.unix_path = str(address) if family == socket.AF_UNIX else None
         self.server_address = self.socket.getsockname()
-        host, port = self.server_address[:2]
+        host, port = (self.server_address, 0) if self.unix_path else self.server_address[:2]
         # what wsgiref's handler expects of its server
         self.base_environ = {"SERVER_NAME": host or "localhost",  # no reverse DNS lookup
                              "GATEWAY_INTERFACE": "CGI/1.1", "SERVER_PORT": str(port),
@@ -272,6 +287,8 @@ class Server:
                 oldest = min(self._pending.values(), key=lambda c: c.deadline)
                 self._drop(oldest)
             sock.setblocking(False)
+            if self.unix_path is not None:
+                client = peer_credentials(sock)
             conn = _Pending(sock, client, time.monotonic() + self.read_timeout_s)
             if self.ssl_context is not None:
                 try:
@@ -379,7 +396,56 @@ class Server:
         """Close the listening socket; requests in flight finish on their own."""
         self._stop.set()
         self.socket.close()
+        if self.unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.unix_path)
         self._workers.shutdown(wait=False, cancel_futures=True)
+
+
+class Peer(NamedTuple):
+    """Who is at the other end of a Unix socket (SO_PEERCRED, taken at connect)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"unix:pid={self.pid},uid={self.uid}"
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    """The credentials of a Unix socket's peer, as the kernel recorded them at connect."""
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    return Peer(*_PEERCRED.unpack(data))
+
+
+_PEERCRED = struct.Struct("3i")
+
+
+def _bind_unix(sock: socket.socket, path: str, mode: int) -> None:
+    """Bind ``sock`` at ``path`` with ``mode``, replacing a stale socket (never a file
+    of another kind); the file has ``mode`` from the start (umask), not after a chmod."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    old = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+
+
+def make_unix_server(path: str, app: Callable[..., Any], *, mode: int = 0o600,
+                     max_connections: int = 16, read_timeout_s: float = 10.0,
+                     worker_init: Callable[[], None] | None = None,
+                     headers: Sequence[tuple[str, str]] = ()) -> Server:
+    """A server on a Unix socket at ``path`` (file mode ``mode``): the app sees each
+    client's credentials as ``environ["proctree.peer"]`` (a :class:`Peer`)."""
+    return Server(path, app, family=socket.AF_UNIX, socket_mode=mode,
+                  max_connections=max_connections, read_timeout_s=read_timeout_s,
+                  worker_init=worker_init, headers=headers)
 
 
 def make_server(listen: str, app: Callable[..., Any], *, ssl_context: ssl.SSLContext | None,

@@ -32,11 +32,15 @@ from typing import NamedTuple
 from .actions import ActionOutcome, Cleanup, action_name, send_to_identity
 from .changelog import ChangeLog, Relist, Wakeup
 from .classification import (
+    DEGRADED,
+    EXACT,
     EXITED,
     HEALTHY,
+    INFERRED_LINEAGE,
     ORPHANED,
     PID_REUSED,
     ZOMBIE,
+    Confidence,
     ProcessClass,
     is_orphaned,
     zombie_due,
@@ -132,6 +136,8 @@ class RootState:
     actions: dict[tuple[str, str], int] = field(default_factory=dict)  # (action, outcome)
     had_instance: bool = False
     cleanup: Cleanup = field(default_factory=Cleanup)
+    # live listed members below an instance whose lineage came from /proc, by source
+    inferred: dict[str, int] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -228,8 +234,13 @@ class Roots(TreeListener):
                 if spec.name not in self.roots:
                     self.add(spec)
 
-    def add(self, spec: RootSpec) -> None:
-        """Start watching one more root (ValueError if the name is taken)."""
+    def add(self, spec: RootSpec, *, instances: Iterable[Identity] | None = None) -> None:
+        """Start watching one more root (ValueError if the name is taken).
+
+        ``instances`` (a pid root brought back from the state file): only these
+        identities may be its instance, so a stranger that got the pid while the
+        exporter was down is not taken for it.
+        """
         with self.tree.lock:
             if spec.name in self.roots:
                 raise ValueError(f"root {spec.name!r} exists")
@@ -237,7 +248,14 @@ class Roots(TreeListener):
                 self.tree.enable_cgroups()
             root = RootState(spec, Selector(spec), ChangeLog(spec.name, spec.change_log_size))
             self.roots[spec.name] = root
-            self._scan(root)
+            if instances is not None and spec.select == "pid":
+                wanted = set(instances)
+                for node in (self.tree.get(i.pid) for i in wanted):
+                    if node is not None and not node.exited and node.identity in wanted:
+                        self._new_instance(root, node, scanning=True)
+                root.had_instance = True  # a pid root is one identity: no stranger
+            else:
+                self._scan(root)
             self._rematch = [r for r in self.roots.values() if r.selector.rematches]
             self._publish()
 
@@ -327,7 +345,8 @@ class Roots(TreeListener):
 
     def _scan(self, root: RootState) -> None:
         """Find a new root's instances among the live processes (start-up, reload)."""
-        nodes = sorted((n for n in self.tree.nodes() if not n.exited),
+        # live nodes only: after a storm the tombstones can outnumber them tenfold
+        nodes = sorted((n for n in self.tree.live_nodes() if not n.exited),
                        key=lambda n: (n.start_ticks, n.pid))
         for node in nodes:
             if node not in root.members and root.selector.matches(node):
@@ -353,6 +372,34 @@ class Roots(TreeListener):
         if not root.had_instance:
             return (f"no process matches {root.spec.select}={root.spec.match!r}",)
         return ()
+
+    def confidence(self, name: str) -> Confidence:
+        """How sure root ``name`` is of its live members (collector thread or tree
+        lock held; KeyError): ``exact`` when every member below an instance was
+        placed by a fork event (or by an earlier run's, kept in the state file);
+        ``degraded`` when some were placed by what /proc said: present before the
+        exporter started (or restarted without state), picked up by a resync after
+        lost events, first seen late, or polled."""
+        return Confidence(DEGRADED if self.roots[name].inferred else EXACT,
+                          dict(self.roots[name].inferred))
+
+    def kill_targets(self, name: str) -> list[Node]:
+        """Root ``name``'s live listed members, shallowest first (tree lock held;
+        KeyError). Who a kill of the root's tree signals."""
+        root = self.roots[name]
+        return [n for n, d in sorted(root.members.items(), key=lambda kv: kv[1])
+                if root.listed(d) and not n.exited]
+
+    def member(self, name: str, pid: int, start_ticks: int) -> Node | None:
+        """Root ``name``'s live listed member with this identity, or None (tree lock
+        held; KeyError for an unknown root)."""
+        root = self.roots[name]
+        node = self.tree.get(pid)
+        if node is None or node.exited or not Identity(pid, start_ticks).matches(
+                node.pid, node.start_ticks, exact=node.start_exact):
+            return None
+        depth = root.members.get(node)
+        return node if depth is not None and root.listed(depth) else None
 
     def relist(self, name: str) -> Relist:
         """Root ``name``'s state as typed events, true at its log's current position.
@@ -514,6 +561,9 @@ class Roots(TreeListener):
             root.n_listed += 1
             root.n_class[HEALTHY] += 1
             root.spawned_total += 1
+            src = node.lineage_source
+            if depth > 0 and src in INFERRED_LINEAGE:
+                root.inferred[src] = root.inferred.get(src, 0) + 1
         root.log.append(self._joined(root, node, depth, ts, root.log.seq + 1))
         self._dirty = True
 
@@ -524,6 +574,11 @@ class Roots(TreeListener):
         if depth > 0 or root.spec.include_root:
             root.depth_counts[depth] -= 1
             root.n_listed -= 1
+            src = node.lineage_source
+            if depth > 0 and src in INFERRED_LINEAGE and root.inferred.get(src):
+                root.inferred[src] -= 1
+                if not root.inferred[src]:
+                    del root.inferred[src]
             cls = root.class_of(node)
             root.n_class[cls if cls in (HEALTHY, ORPHANED) else HEALTHY] -= 1
             root.exited_total += 1

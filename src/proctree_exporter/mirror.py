@@ -22,7 +22,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from .changelog import ChangeLog, EventSource, Relist, lost_event
-from .classification import EXITED, HEALTHY, ORPHANED, ZOMBIE, ProcessClass, exit_reason
+from .classification import (
+    EXITED,
+    HEALTHY,
+    INFERRED_LINEAGE,
+    ORPHANED,
+    ZOMBIE,
+    Confidence,
+    ProcessClass,
+    confidence_of,
+    exit_reason,
+)
 from .events import Ancestor, EventKind, RootEvent
 from .identity import Identity
 from .rootspec import RootSpec
@@ -102,6 +112,7 @@ class RootMirror:
         self._log: ChangeLog | None = None
         self._ended = False  # the current log ended with root_removed
         self._user = USER_NAMES
+        self._confidence: tuple[tuple[int, int], Confidence] | None = None
 
     # -- reading --------------------------------------------------------------------
 
@@ -317,6 +328,16 @@ class RootMirror:
     def class_counts(self) -> dict[str, int]:
         """Live listed members by class (healthy, orphaned) plus zombies."""
         return {str(k): v for k, v in self.classes.items()}
+
+    def confidence(self) -> Confidence:
+        """How sure the root is of its live members (see :meth:`.Roots.confidence`),
+        from their joins; computed once per change of the root."""
+        at = (self.seq, self.relists)
+        if self._confidence is None or self._confidence[0] != at:
+            self._confidence = (at, confidence_of(
+                m.lineage_source for m in self.members.values()
+                if m.depth > 0 and m.lineage_source in INFERRED_LINEAGE))
+        return self._confidence[1]
 
     def zombies(self) -> list[MemberInfo]:
         """Exited members their parent has not reaped past the grace."""

@@ -10,6 +10,8 @@
         obs = job.observe()                    # what changed since the previous observe()
         for ev in job.events(timeout=1.0):     # or job.subscribe(callback)
             print(ev.kind, ev.pid, ev.reason)
+        job.confidence.level                   # "exact", or "degraded" (and why)
+        job.kill_tree(grace_seconds=5)         # SIGTERM, then SIGKILL: orphans included
 
 :class:`Monitor` runs the collector thread in your process (the proc connector,
 or /proc polling where that is unavailable); :meth:`Monitor.attach` starts
@@ -31,10 +33,11 @@ from typing import Any
 
 from .capabilities import Capability, negotiate
 from .changelog import EventSource, lost_event
-from .classification import EXITED
+from .classification import EXITED, Confidence
 from .clock import Clock
 from .collector import Collector, CollectorSettings
 from .config import ConfigError, RootConfig  # the config model validates attached roots
+from .control import KillReport, kill_process, kill_tree
 from .events import EventKind, RootEvent
 from .identity import Identity
 from .membership import Roots
@@ -121,11 +124,13 @@ class Root:
     any :class:`~.changelog.EventSource` (``Root(source, name)``)."""
 
     def __init__(self, source: EventSource, name: str,
-                 on_detach: Callable[[Root], None] | None = None) -> None:
+                 on_detach: Callable[[Root], None] | None = None, *,
+                 catch_up: Callable[[float], object] | None = None) -> None:
         source.log(name)  # KeyError now, not at the first look
         self.name = name
         self._source = source
         self._on_detach = on_detach
+        self._catch_up = catch_up if catch_up is not None else (lambda _t: True)
         self._mirror = RootMirror(source, name)
         self._mirror.sync()  # the cursor exists from now on: nothing after this is missed
         self._spawned = self._mirror.spawned_total
@@ -276,6 +281,45 @@ class Root:
         self._subs.append(sub)
         return sub
 
+    # -- confidence and control ------------------------------------------------------------
+
+    @property
+    def confidence(self) -> Confidence:
+        """How sure the root is of its live members: ``.level`` is ``exact`` when every
+        member below an instance was placed by a fork event, ``degraded`` when /proc
+        placed some (``.inferred``: how many, by lineage source; ``.reason``: why)."""
+        mirror = self._mirror
+        mirror.sync()
+        return mirror.read(lambda m: m.confidence())
+
+    def kill_tree(self, grace_seconds: float = 5.0) -> KillReport:
+        """End the root's whole tree, orphans included: SIGTERM to every live member
+        (and to any that appears meanwhile), SIGKILL after ``grace_seconds`` to what is
+        left (a ``cgroup`` root: its cgroup.kill). Each signal is checked against the
+        member's identity, so no other process is reached. Returns what became of
+        each process; ``complete`` says whether every one is gone."""
+        return kill_tree(self._roots(), self.name, grace_s=grace_seconds,
+                         catch_up=self._catch_up)
+
+    def kill(self, pid: int, start_ticks: int | None = None,
+             grace_seconds: float = 5.0) -> KillReport:
+        """End one live member: SIGTERM, then SIGKILL after ``grace_seconds``.
+        ``start_ticks`` (as :meth:`observe` lists it) pins the identity; without it,
+        the member holding ``pid`` now. LookupError if it is not a live member."""
+        roots = self._roots()
+        if start_ticks is None:
+            self._catch_up(1.0)
+            with roots.tree.lock:
+                node = roots.tree.get(pid)
+                start_ticks = node.start_ticks if node is not None else -1
+        return kill_process(roots, self.name, pid, start_ticks, grace_s=grace_seconds,
+                            catch_up=self._catch_up)
+
+    def _roots(self) -> Roots:
+        if not isinstance(self._source, Roots):
+            raise TypeError("kills need a Root from Monitor.attach")
+        return self._source
+
     def detach(self) -> None:
         """Stop this handle's subscriptions and, when it was the root's last handle
         from :meth:`Monitor.attach`, stop watching the root."""
@@ -386,7 +430,8 @@ class Monitor:
         ((select, match),) = chosen.items()
         name = name or _default_name(select, str(match))
         try:
-            spec = RootConfig(name=name, select=select, match=match, **options).spec()
+            spec = RootConfig(name=name, select=select, match=match,
+                              **options).spec(runtime=True)
         except (ValueError, ConfigError) as exc:
             raise ValueError(f"attach: {exc}") from None
         with self._lock:
@@ -394,8 +439,11 @@ class Monitor:
                 if self._roots.roots[name].spec != spec:
                     raise ValueError(f"a different root named {name!r} is attached")
             else:
-                self._roots.add(spec)
-            handle = Root(self._roots, name, on_detach=self._detached)
+                with self._tree.lock:
+                    self._tree.housekeeping(settle=True)  # exits settled: orphans classed at once
+                    self._roots.add(spec)
+            handle = Root(self._roots, name, on_detach=self._detached,
+                          catch_up=self._collector.catch_up)
             self._handles.setdefault(name, []).append(handle)
         return handle
 

@@ -268,12 +268,26 @@ def _root_props() -> dict[str, Schema]:
                       "description": "More live members than the root's max_members."},
         "warnings": {"type": "array", "items": _STR,
                      "description": "Why the root is down, if known (empty while up)."},
+        "runtime": {"type": "boolean",
+                    "description": "Added at run time (write API), not by config.yaml."},
+        "confidence": {"type": "string", "enum": ["exact", "degraded"],
+                       "description": "exact: every live member below an instance was "
+                                      "placed by a fork event; degraded: /proc placed some "
+                                      "(see inferred_members)."},
+        "confidence_reason": {"type": "string", "description": "Why degraded ('' when "
+                                                               "exact)."},
+        "inferred_members": {"type": "object",
+                             "additionalProperties": {"type": "integer", "minimum": 1},
+                             "propertyNames": {"enum": ["snapshot", "resync", "late", "poll"]},
+                             "description": "Live members placed by /proc, by lineage "
+                                            "source."},
     }
 
 
 _ROOT_REQUIRED = ("name", "seq", "select", "match", "include_root", "up", "instances",
                   "member_count", "classes", "spawned_total", "exited_total", "restarts_total",
-                  "truncated", "warnings")
+                  "truncated", "warnings", "runtime", "confidence", "confidence_reason",
+                  "inferred_members")
 
 
 def _schemas() -> dict[str, Schema]:
@@ -291,6 +305,49 @@ def _schemas() -> dict[str, Schema]:
     live = [str(c) for c in LIVE_CLASSES]
     return {
         "Error": _obj({"error": _STR}, ["error"]),
+        "WriteError": _obj({"error": _STR,
+                            "key": {"type": "string",
+                                    "description": "The request's key to blame, when one "
+                                                   "is (a root key, name, pid, "
+                                                   "start_ticks, grace_seconds)."}},
+                           ["error"]),
+        "RootSpec": _root_spec(),
+        "KillReport": _obj({
+            "root": _ref("RootName"),
+            "target": {"type": "string", "enum": ["tree", "process"]},
+            "method": {"type": "string", "enum": ["signals", "cgroup.kill"],
+                       "description": "cgroup.kill: the SIGKILL step wrote the cgroup's "
+                                      "cgroup.kill (a cgroup root)."},
+            "grace_seconds": {"type": "number", "minimum": 0},
+            "complete": {"type": "boolean", "description": "Every process meant is gone."},
+            "seconds": {"type": "number", "minimum": 0},
+            "processes": {"type": "array", "items": _ref("KilledProcess")},
+            "remaining": {"type": "integer", "minimum": 0,
+                          "description": "Members still alive at the end."}},
+            ["root", "target", "method", "grace_seconds", "complete", "seconds",
+             "processes", "remaining"], description="What a kill did, per process."),
+        "KilledProcess": _obj({
+            "pid": _COUNT, "start_ticks": _COUNT, "comm": _nullable(_STR),
+            "depth": {"type": "integer", "minimum": 0},
+            "signals": {"type": "array",
+                        "items": {"type": "string",
+                                  "enum": ["SIGTERM", "SIGKILL", "cgroup.kill"]},
+                        "description": "What reached it, in order."},
+            "outcome": {"type": "string",
+                        "enum": ["exited", "killed", "gone", "survived", "protected",
+                                 "identity_changed", "not_permitted", "failed"],
+                        "description": "exited: after SIGTERM; killed: after SIGKILL or "
+                                       "cgroup.kill; gone: before any signal; survived: "
+                                       "alive at the end; protected: PID 1 or the exporter, "
+                                       "never signalled; identity_changed: its pid is "
+                                       "another process's now (not signalled); "
+                                       "not_permitted: not the socket client's own process; "
+                                       "failed: the kernel refused."}},
+            ["pid", "start_ticks", "comm", "depth", "signals", "outcome"]),
+        "Removed": _obj({"root": _ref("RootName"), "removed": {"const": True},
+                         "kill": {"oneOf": [_ref("KillReport"), {"type": "null"}],
+                                  "description": "With kill=true: the kill's report."}},
+                        ["root", "removed", "kill"]),
         "RootName": _root_name(),
         "ProcessClass": {"type": "string", "enum": _values(ProcessClass),
                          "description": "healthy; orphaned (its fork parent exited); zombie "
@@ -417,6 +474,20 @@ def _responses() -> dict[str, Schema]:
                        "content": _json(_ref("Error"))},
         "NotFound": {"description": "No such root (`no root 'NAME'`), or no such member.",
                      "content": _json(_ref("Error"))},
+        "WriteBadRequest": {"description": "A key, value or parameter of the request is "
+                                           "wrong; `key` names it.",
+                            "content": _json(_ref("WriteError"))},
+        "Forbidden": {"description": "The write API is off, or this client may not write "
+                                     "(a user not in api.write.users, a socket client whose "
+                                     "uid is not root or in api.write.uids).",
+                      "content": _json(_ref("WriteError"))},
+        "WriteNotFound": {"description": "No such runtime root, or no live member with that "
+                                         "identity.",
+                          "content": _json(_ref("WriteError"))},
+        "Conflict": {"description": "The name belongs to a root of config.yaml, or to a "
+                                    "different runtime root; or api.write.max_runtime_roots "
+                                    "is reached.",
+                     "content": _json(_ref("WriteError"))},
     }
 
 
@@ -434,8 +505,9 @@ def _param(name: str, where: str, schema: Schema, description: str, *,
 
 def _op(op_id: str, tag: str, summary: str, ok: Schema, *, description: str | None = None,
         parameters: list[Schema] | None = None, errors: tuple[str, ...] = (),
-        public: bool = False, more: dict[str, Schema] | None = None) -> Schema:
-    responses: dict[str, Schema] = {"200": ok}
+        public: bool = False, more: dict[str, Schema] | None = None,
+        method: str = "get") -> Schema:
+    responses: dict[str, Schema] = {"200": ok} if ok else {}
     for code, name in (("400", "BadRequest"), ("404", "NotFound"), ("503", "NotReady")):
         if name in errors:
             responses[code] = _r(name)
@@ -450,7 +522,7 @@ def _op(op_id: str, tag: str, summary: str, ok: Schema, *, description: str | No
     op["responses"] = dict(sorted(responses.items()))
     if public:
         op["security"] = []
-    return {"get": op}
+    return {method: op}
 
 
 _STREAM_DESCRIPTION = """\
@@ -478,8 +550,85 @@ stream with `since=NAME:SEQ`. The response has no length: it ends when either si
 closes. Beyond `web.max_streams` open streams: 503 with a JSON error."""
 
 
+def _killed() -> Schema:
+    return {"description": "What became of each process.", "content": _json(_ref("KillReport"))}
+
+
+def _write_errors() -> dict[str, Schema]:
+    return {"400": _r("WriteBadRequest"), "403": _r("Forbidden"), "404": _r("WriteNotFound"),
+            "409": _r("Conflict"), "503": _r("NotReady")}
+
+
+_GRACE = ("Seconds between SIGTERM and SIGKILL (0-600; default api.write."
+          "kill_grace_seconds); 0: SIGKILL at once.")
+_KILL_DESCRIPTION = """\
+SIGTERM to every live member of the root (orphans included) and to any that
+appears meanwhile; after the grace, SIGKILL to what is left (a `cgroup` root: its cgroup's
+`cgroup.kill`, which no fork escapes). Every signal goes through a pidfd checked against
+the member's identity: a stranger that got a member's pid is never signalled, nor is a
+process outside the root, PID 1 or the exporter. A socket client that is not root
+signals only its own processes. Roots of config.yaml are not killed through the API
+(409)."""
+
+
+def _writes() -> dict[str, Schema]:
+    name_p = _param("name", "path", _ref("RootName"), "The root's name.", required=True)
+    grace_p = _param("grace_seconds", "query", {"type": "number", "minimum": 0,
+                                                "maximum": 600}, _GRACE)
+    put = _op("ensureRoot", "write", "Add a runtime root, or find it there unchanged",
+              {"description": "An identical root was already there: unchanged.",
+               "content": _json(_ref("RootDetail"))},
+              description="The body holds the keys of a root of config.yaml, validated the "
+                          "same way; `name` may be left out (the path names it). Members "
+                          "already present, orphans included, are in the answer.",
+              parameters=[name_p],
+              more={"201": {"description": "Created: the root with its members.",
+                            "content": _json(_ref("RootDetail"))},
+                    **_write_errors(),
+                    "413": {"description": "The body is over 64 KiB.",
+                            "content": _json(_ref("WriteError"))}},
+              method="put")
+    put["put"]["requestBody"] = {"required": True, "content": _json(_ref("RootSpec"))}
+    delete = _op("removeRoot", "write", "Stop tracking a runtime root (kill=true: end its "
+                 "tree first)",
+                 {"description": "Removed.", "content": _json(_ref("Removed"))},
+                 parameters=[name_p,
+                             _param("kill", "query", {"type": "boolean"},
+                                    "First end the root's whole tree (see killRoot)."),
+                             grace_p],
+                 more=_write_errors(), method="delete")
+    return {**put, **delete}
+
+
+def _root_spec() -> Schema:
+    """A root's keys as config.yaml has them (the write API's request body)."""
+    kinds = list(SELECT_KINDS)
+    props: dict[str, Schema] = {
+        "name": _ref("RootName"),
+        "select": {"type": "string", "enum": kinds},
+        "match": {"type": ["string", "integer"]},
+        "include_root": _BOOL,
+        "max_depth": {"type": ["integer", "null"], "minimum": 0},
+        "max_members": {"type": "integer", "minimum": 1},
+        "capture_cmdline": _BOOL,
+        "cmdline_max_chars": {"type": "integer", "minimum": 1},
+        "tombstone_ttl_seconds": {"type": "number", "minimum": 0},
+        "max_tombstones": {"type": "integer", "minimum": 0},
+        "zombie_grace_seconds": {"type": "number", "minimum": 0},
+        "change_log_size": {"type": "integer", "minimum": 10},
+        "actions": _obj({"enabled": _BOOL, "dry_run": _BOOL,
+                         "term_grace_seconds": {"type": "number", "minimum": 0},
+                         "signal_zombie_parents": _BOOL}, []),
+    }
+    return _obj(props, ["select", "match"],
+                description="A root's keys, as in config.yaml's roots (README, Roots).")
+
+
 def _paths() -> dict[str, Schema]:
     root_q = _param("root", "query", _ref("RootName"), "The root's name.", required=True)
+    name_p = _param("name", "path", _ref("RootName"), "The root's name.", required=True)
+    grace_p = _param("grace_seconds", "query", {"type": "number", "minimum": 0,
+                                                "maximum": 600}, _GRACE)
     assets = sorted(ui.ASSETS)
     asset_types = dict.fromkeys(ui.ASSETS.values())
     return {
@@ -510,12 +659,25 @@ def _paths() -> dict[str, Schema]:
         "/api/v1/roots": _op("listRoots", "roots", "Every root with its counts", {
             "description": "The roots.", "content": _json(_ref("RootList"))},
             errors=("NotReady",)),
-        "/api/v1/roots/{name}": _op(
+        "/api/v1/roots/{name}": {**_op(
             "getRoot", "roots", "A root with its members, changes, tombstones and events",
             {"description": "The root.", "content": _json(_ref("RootDetail"))},
-            parameters=[_param("name", "path", _ref("RootName"), "The root's name.",
-                               required=True)],
-            errors=("NotFound", "NotReady")),
+            parameters=[name_p], errors=("NotFound", "NotReady")), **_writes()},
+        "/api/v1/roots/{name}/kill": _op(
+            "killRoot", "write", "End a runtime root's whole tree", _killed(),
+            description=_KILL_DESCRIPTION, parameters=[name_p, grace_p],
+            more=_write_errors(), method="post"),
+        "/api/v1/roots/{name}/processes/{pid}/kill": _op(
+            "killMember", "write", "End one member of a runtime root, by identity", _killed(),
+            description="SIGTERM, then SIGKILL after the grace, to the live member with this "
+                        "pid and start time (as the API lists it); 404 when no live member "
+                        "has that identity (it exited, or its pid is another process's now).",
+            parameters=[name_p,
+                        _param("pid", "path", _COUNT, "The member's pid.", required=True),
+                        _param("start_ticks", "query", _COUNT, "Its start time (clock "
+                               "ticks since boot): with the pid, its identity.",
+                               required=True), grace_p],
+            more=_write_errors(), method="post"),
         "/api/v1/tree": _op(
             "getTree", "roots", "A root's members and tombstones nested by lineage",
             {"description": "The tree.", "content": _json(_ref("Tree"))},
@@ -579,8 +741,12 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "summary": "Process trees of a Linux host: roots, members, events, metrics.",
             "description": (
-                "Every path answers GET and HEAD (HEAD: the head of GET, no body); other "
-                "methods get 405, unknown paths 404 (text). With basic auth configured in "
+                "Every GET path answers HEAD too (the head of GET, no body); methods a "
+                "path does not list get 405, unknown paths 404 (text). The write "
+                "operations (tag write: PUT, DELETE, POST) need api.write.enabled and a "
+                "writer: a basic-auth user in api.write.users, or a client of the Unix "
+                "socket api.write.socket whose uid is root or in api.write.uids (the "
+                "socket serves every path, without basic auth). With basic auth configured in "
                 "the web config file (web.config.file, exporter-toolkit format) every "
                 "path but /-/healthy and /-/ready needs credentials; TLS, when configured, "
                 "applies to all. JSON objects may gain fields in later versions: ignore "
@@ -590,6 +756,8 @@ def document() -> dict[str, Any]:
         "tags": [
             {"name": "roots", "description": "The JSON API: roots, members, lineage."},
             {"name": "stream", "description": "Events as they happen (Server-Sent Events)."},
+            {"name": "write", "description": "Runtime roots: add, remove, kill (off unless "
+                                             "api.write.enabled)."},
             {"name": "metrics", "description": "Prometheus."},
             {"name": "health", "description": "Liveness and readiness (never need "
                                               "credentials)."},

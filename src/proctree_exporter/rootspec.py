@@ -27,6 +27,7 @@ class RootSpec:
     zombie_grace_s: float = 5.0
     change_log_size: int = 100_000
     actions: ActionSpec = field(default_factory=ActionSpec)
+    runtime: bool = False  # added at run time (write API, Python API), not by config.yaml
 
     def __post_init__(self) -> None:
         if self.select not in SELECT_KINDS:

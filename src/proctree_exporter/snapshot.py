@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from . import __version__
 from .capabilities import Capability
 from .collector import LAG_BUCKETS, Collector
+from .control import ControlStats
 from .host import HostStates
 from .membership import Roots, RootState
 from .resources import ResourceStats
@@ -45,6 +46,8 @@ class RootSnapshot:
     max_depth: int
     truncated: bool
     tombstones: int
+    runtime: bool = False  # added at run time (write API), not by config.yaml
+    inferred: Mapping[str, int] = field(default_factory=dict)  # see Roots.confidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +110,15 @@ class Snapshot:
     streams: StreamStats | None = None  # None until ready
     state: StateStats | None = None  # None while no state file is kept
     resources: ResourceStats | None = None  # None while resources.enabled is off
+    control: ControlStats | None = None  # None while the write API is off
 
 
 def take(tree: PidTree, collector: Collector, roots: Roots | None,
          capabilities: tuple[Capability, ...], host_states: HostStates | None,
          reloads: ReloadStatus, otel: OtelStats | None = None,
          streams: StreamStats | None = None, state: StateStats | None = None,
-         resources: ResourceStats | None = None) -> Snapshot:
+         resources: ResourceStats | None = None,
+         control: ControlStats | None = None) -> Snapshot:
     """Copy the current state under the tree lock. O(roots), not O(processes)."""
     cs = collector.stats
     with tree.lock:
@@ -163,6 +168,8 @@ def take(tree: PidTree, collector: Collector, roots: Roots | None,
             state=replace(state, ignored=dict(state.ignored), dropped=dict(state.dropped))
             if state is not None and state.enabled else None,
             resources=resources,
+            control=replace(control, writes=dict(control.writes))
+            if control is not None else None,
         )
     return snap
 
@@ -186,4 +193,6 @@ def _root(roots: Roots, root: RootState) -> RootSnapshot:
         max_depth=root.deepest,
         truncated=root.n_listed > root.spec.max_members,
         tombstones=len(root.tombstones),
+        runtime=root.spec.runtime,
+        inferred=dict(root.inferred),
     )

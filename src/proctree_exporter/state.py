@@ -93,6 +93,8 @@ class StateDoc(NamedTuple):
     boot_id: str
     processes: tuple[SavedProcess, ...]
     roots: tuple[SavedRoot, ...]
+    # roots added through the write API: name, keys (config.yaml's), created_at, created_by
+    runtime_roots: tuple[dict[str, Any], ...] = ()
 
 
 def boot_id() -> str:
@@ -122,7 +124,7 @@ def encode(doc: StateDoc) -> bytes:
         roots.append(_root_json(r.name, r.select, r.match, r.had_instance,
                                 [list(i) for i in r.instances], members, r.counters))
     return _frame(doc.written_at, doc.clean, doc.boot_id, table,
-                  [p.comm or "" for p in doc.processes], roots)
+                  [p.comm or "" for p in doc.processes], roots, doc.runtime_roots)
 
 
 NONE = -1  # in the integer tables: no parent
@@ -169,14 +171,19 @@ def _root_json(name: str, select: str, match: str, had_instance: bool,
 
 
 def _frame(written_at: float, clean: bool, boot: str, table: list[int] | array[int],
-           comms: list[str], roots: list[dict[str, Any]]) -> bytes:
-    body = json.dumps({
+           comms: list[str], roots: list[dict[str, Any]],
+           runtime_roots: Iterable[dict[str, Any]] = ()) -> bytes:
+    doc = {
         "written_at": written_at, "clean": clean, "boot_id": boot,
         "classes": [str(c) for c in CLASSES],
         # comms NUL-separated: one string encodes far faster than a list of them
         "processes": {"table": _pack(table), "comms": "\0".join(comms)},
         "roots": roots,
-    }, separators=(",", ":"), ensure_ascii=False).encode()
+    }
+    runtime = list(runtime_roots)
+    if runtime:  # a key version 1 readers without it ignore
+        doc["runtime_roots"] = runtime
+    body = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
     return b"%s %d %d %08x\n" % (MAGIC, VERSION, len(body), zlib.crc32(body)) + body
 
 
@@ -271,8 +278,11 @@ def _decode_doc(doc: Any, boot: str) -> StateDoc:
     written = doc["written_at"]
     if not isinstance(written, int | float):
         raise ValueError("written_at is not a number")
+    runtime = doc.get("runtime_roots", [])
+    if not isinstance(runtime, list) or not all(isinstance(r, dict) for r in runtime):
+        raise ValueError("runtime_roots is not a list of objects")
     return StateDoc(float(written), bool(doc["clean"]), saved_boot, tuple(processes),
-                    tuple(roots))
+                    tuple(roots), tuple(runtime))
 
 
 def read(path: Path, *, boot: str) -> StateDoc | None:
@@ -408,7 +418,7 @@ class StateTables:
                 t.seq = ev.seq
 
     def render(self, counters: Iterable[RootSnapshot] | None, *, clean: bool,
-               boot: str) -> bytes:
+               boot: str, runtime_roots: Iterable[dict[str, Any]] = ()) -> bytes:
         """The state file's bytes for the tables as of the last :meth:`sync` and, at a
         clean shutdown, /metrics' per-root counters."""
         procs: dict[tuple[int, int], tuple[int, int, int, int, int]] = {}
@@ -433,7 +443,7 @@ class StateTables:
                               snap.pid_reuse_total, dict(snap.class_changes),
                               dict(snap.actions)) if snap is not None else None))
         return _frame(time.time(), clean, boot, array("q", chain.from_iterable(procs.values())),
-                      list(comms.values()), roots)
+                      list(comms.values()), roots, runtime_roots)
 
 
 # -- the writer -------------------------------------------------------------------------
@@ -461,8 +471,10 @@ class StateWriter:
 
     def __init__(self, path: Path, interval_s: float, source: EventSource,
                  counters: Callable[[], Iterable[RootSnapshot]], stats: StateStats,
-                 boot: str) -> None:
+                 boot: str,
+                 runtime_roots: Callable[[], Iterable[dict[str, Any]]] = lambda: ()) -> None:
         self.path = path
+        self.runtime_roots = runtime_roots
         self.interval_s = interval_s
         self.tables = StateTables(source)
         self.counters = counters
@@ -496,7 +508,8 @@ class StateWriter:
                 # counters first: the members are then at least as new as them
                 counters = self.counters() if clean else None
                 self.tables.sync()
-                data = self.tables.render(counters, clean=clean, boot=self.boot)
+                data = self.tables.render(counters, clean=clean, boot=self.boot,
+                                          runtime_roots=self.runtime_roots())
                 write_atomically(self.path, data)
             except OSError as exc:
                 self.stats.write_failures_total += 1

@@ -359,6 +359,10 @@ class PidTree:
         yield from self._live.values()
         yield from self._tombstones
 
+    def live_nodes(self) -> Iterator[Node]:
+        """The nodes holding a pid now (live, or exited and unreaped). Hold :attr:`lock`."""
+        return iter(self._live.values())
+
     def view(self, node: Node) -> ProcessView:
         """An immutable copy of ``node``."""
         parent = node.parent
@@ -767,15 +771,17 @@ class PidTree:
 
     # -- writing: /proc ----------------------------------------------------------
 
-    def housekeeping(self, now_ns: int | None = None) -> None:
+    def housekeeping(self, now_ns: int | None = None, *, settle: bool = False) -> None:
         """Deferred work: tell reaped from zombie, refresh reparented children,
         recheck zombies, evict tombstones. Call with :attr:`lock` held, often
         (the collector does so whenever it is idle and at least every 100 ms).
+        ``settle``: check every exit now, however recent (before a new root looks
+        at the tree, so that children the kernel has moved are seen as moved).
         """
         now = self.clock.monotonic_ns() if now_ns is None else now_ns
         self.event_ns = now
         pending = self._pending
-        cutoff = now - self.reap_check_delay_ns
+        cutoff = now - (0 if settle else self.reap_check_delay_ns)
         requeue: list[Node] = []
         while pending and (pending[0].exit_ns or 0) <= cutoff:
             node = pending.popleft()

@@ -26,8 +26,9 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from . import __version__, ui
 from .classification import HEALTHY, ORPHANED, ZOMBIE
+from .control import ControlError, Controller, ControlStats
 from .events import EventKind, RootEvent
-from .httpserver import SERVER_SOFTWARE
+from .httpserver import SERVER_SOFTWARE, Peer
 from .identity import Identity
 from .mirror import MemberInfo, Mirrors, RootMirror
 from .stream import STREAM_KINDS, StreamHub, StreamsFull, parse_cursor, response_head
@@ -35,6 +36,7 @@ from .users import USER_NAMES
 from .web_config import AuthBusy, WebConfig
 
 if TYPE_CHECKING:
+    from .config import ApiWriteConfig
     from .resources import Ledger
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,15 @@ class App:
     def __init__(self, registry: CollectorRegistry, web_config: WebConfig,
                  mirrors: Callable[[], Mirrors | None], ready: Callable[[], bool],
                  streams: Callable[[], StreamHub | None] = lambda: None,
-                 resources: Callable[[], Ledger | None] = lambda: None) -> None:
+                 resources: Callable[[], Ledger | None] = lambda: None, *,
+                 control: Callable[[], Controller | None] = lambda: None,
+                 write: ApiWriteConfig | None = None,
+                 control_stats: ControlStats | None = None) -> None:
         self.metrics_app = make_wsgi_app(registry)
+        self._control = control
+        self._write_cfg = write
+        self._socket_uids = frozenset(write.uids) if write is not None else frozenset()
+        self._control_stats = control_stats if control_stats is not None else ControlStats()
         self._resources = resources
         self.web_config = web_config
         self._mirrors = mirrors
@@ -85,24 +94,38 @@ class App:
         known = path in _PAGES or path.startswith(("/api/v1/roots/", "/ui/"))
         if not known:
             return respond("404 Not Found", b"404 page not found\n")
-        if method not in ("GET", "HEAD"):
+        write = _write_route(path)
+        allow = write[0] if write is not None else "GET, HEAD"
+        if method not in ("GET", "HEAD") and method not in allow.split(", "):
             return respond("405 Method Not Allowed", b"method not allowed\n",
-                           headers=[("Allow", "GET, HEAD")])
+                           headers=[("Allow", allow)])
         if path == "/-/healthy":
             return respond("200 OK", b"OK\n")
         if path == "/-/ready":
             if self._ready():
                 return respond("200 OK", b"OK\n")
             return respond("503 Service Unavailable", b"not ready: seeding from /proc\n")
-        try:
-            allowed = self.web_config.check_basic_auth(environ.get("HTTP_AUTHORIZATION"))
-        except AuthBusy:  # a flood of unknown logins: refuse at once rather than queue
-            return respond("429 Too Many Requests", b"429 Too Many Requests\n",
-                           headers=[("Retry-After", "1")])
-        if not allowed:
-            return respond("401 Unauthorized", b"401 Unauthorized\n",
-                           headers=[("WWW-Authenticate",
-                                     'Basic realm="proctree-exporter", charset="UTF-8"')])
+        peer = environ.get("proctree.peer")
+        user = None
+        if peer is not None:  # the Unix socket: the kernel says who is asking
+            if peer.uid != 0 and peer.uid not in self._socket_uids:
+                return respond("403 Forbidden", _json({
+                    "error": f"uid {peer.uid} may not use this socket (api.write.uids)"}),
+                    "application/json")
+        else:
+            header = environ.get("HTTP_AUTHORIZATION")
+            try:
+                allowed = self.web_config.check_basic_auth(header)
+            except AuthBusy:  # a flood of unknown logins: refuse at once rather than queue
+                return respond("429 Too Many Requests", b"429 Too Many Requests\n",
+                               headers=[("Retry-After", "1")])
+            if not allowed:
+                return respond("401 Unauthorized", b"401 Unauthorized\n",
+                               headers=[("WWW-Authenticate",
+                                         'Basic realm="proctree-exporter", charset="UTF-8"')])
+            user = self.web_config.user_of(header)
+        if write is not None and method not in ("GET", "HEAD"):
+            return self._write(environ, method, write[1], peer, user, respond)
         if path == "/metrics":
             return self._metrics(environ, start_response, extra)
         if path.startswith("/ui/"):  # the tree page's script, style and icon
@@ -136,6 +159,79 @@ class App:
             return respond("503 Service Unavailable", _json({"error": str(exc)}),
                            "application/json", headers=[("Retry-After", "5")])
         return respond("200 OK", body, "application/json")
+
+    # -- write API -----------------------------------------------------------------------
+
+    def _write(self, environ: dict[str, Any], method: str, target: tuple[str, int | None],
+               peer: Peer | None, user: str | None,
+               respond: Callable[..., list[bytes]]) -> list[bytes]:
+        """PUT/DELETE /api/v1/roots/{name}, POST .../kill, POST .../processes/{pid}/kill:
+        authorise, do, log and count (see README, "Write API")."""
+        name, pid = target
+        op = {"PUT": "ensure", "DELETE": "remove"}.get(
+            method, "kill_tree" if pid is None else "kill_process")
+        who = str(peer) if peer is not None else f"user:{user}"
+        params = parse_qs(environ.get("QUERY_STRING", ""))
+        status, doc = self._do_write(environ, op, name, pid, params, peer, user, who)
+        code = status.split(" ", 1)[0]
+        stats = self._control_stats
+        stats.writes[(op, code)] = stats.writes.get((op, code), 0) + 1
+        fields: dict[str, Any] = {"who": who, "operation": op, "root": name, "code": int(code)}
+        if pid is not None:
+            fields["pid"] = pid
+        if "error" in doc:
+            fields["error"] = doc["error"]
+        elif "complete" in doc:
+            fields.update(signalled=len(doc["processes"]), remaining=doc["remaining"])
+        elif "kill" in doc and doc["kill"] is not None:
+            fields.update(signalled=len(doc["kill"]["processes"]),
+                          remaining=doc["kill"]["remaining"])
+        log.log(logging.INFO if code < "400" else logging.WARNING, "api write",
+                extra={"fields": fields})
+        return respond(status, _json(doc), "application/json")
+
+    def _do_write(self, environ: dict[str, Any], op: str, name: str, pid: int | None,
+                  params: dict[str, list[str]], peer: Peer | None, user: str | None,
+                  who: str) -> tuple[str, dict[str, Any]]:
+        controller = self._control()
+        if self._write_cfg is None or not self._write_cfg.enabled:
+            return "403 Forbidden", {"error": "the write API is off (api.write.enabled)"}
+        if peer is None and (user is None or user not in self._write_cfg.users):
+            who_text = f"user {user!r}" if user is not None else "a client without a login"
+            return "403 Forbidden", {"error": f"{who_text} may not write: only users in "
+                                     "api.write.users, or clients of api.write.socket"}
+        if controller is None:
+            return "503 Service Unavailable", {"error": "not ready: seeding from /proc"}
+        # a non-root client of the socket signals only its own processes, as kill(2) would
+        owner = peer.uid if peer is not None and peer.uid != 0 else None
+        try:
+            grace = _float_param(params, "grace_seconds")
+            if op == "ensure":
+                body = _read_json(environ)
+                created = controller.ensure(name, body, who)
+                mirrors = self._mirrors()
+                assert mirrors is not None
+                doc = json.loads(self._document(mirrors.get(name), "root",
+                                                lambda m: _root_body(m, self._latest())))
+                return ("201 Created" if created else "200 OK"), doc
+            if op == "remove":
+                kill = (params.get("kill") or ["false"])[0].lower() in ("true", "1", "yes")
+                report = controller.remove(name, kill=kill, grace_s=grace, owner=owner)
+                return "200 OK", {"root": name, "removed": True,
+                                  "kill": report.doc() if report is not None else None}
+            start = None
+            if pid is not None:
+                start_text = (params.get("start_ticks") or [""])[0]
+                if not start_text.isdigit():
+                    raise ControlError(400, "start_ticks is required: the member's start "
+                                       "time, as the API lists it (identity, not just a pid)",
+                                       key="start_ticks")
+                start = int(start_text)
+            report = controller.kill(name, pid=pid, start_ticks=start, grace_s=grace,
+                                     owner=owner)
+            return "200 OK", report.doc()
+        except ControlError as exc:
+            return _STATUS[exc.status], exc.doc()
 
     def _events(self, environ: dict[str, Any], hub: StreamHub,
                 extra: list[tuple[str, str]], respond: Callable[..., list[bytes]]
@@ -236,7 +332,13 @@ class App:
                                                     or now - hit[2] < REBUILD_INTERVAL_S):
                 return hit[3]
             body = build(m)
-            self._bodies[key] = (m, at, now, body)
+            bodies = self._bodies
+            bodies[key] = (m, at, now, body)
+            if len(bodies) > 2 * len(m.source.root_names()) + 16:
+                # drop the bodies of roots no longer watched (runtime roots come and go)
+                for k in [k for k, v in bodies.items() if v[0].removed or v[0].ended
+                          or k[0] not in m.source.root_names()]:
+                    bodies.pop(k, None)
             return body
 
         return mirror.read(cached)
@@ -329,6 +431,7 @@ def _root_doc(m: RootMirror) -> dict[str, Any]:
     spec = m.spec
     assert spec is not None
     count = len(m.members)
+    conf = m.confidence()
     return {
         "name": m.name, "seq": m.seq, "select": spec.select, "match": spec.match,
         "include_root": spec.include_root, "up": m.up,
@@ -338,6 +441,8 @@ def _root_doc(m: RootMirror) -> dict[str, Any]:
         "spawned_total": m.spawned_total, "exited_total": m.exited_total,
         "restarts_total": m.restarts_total, "truncated": count > spec.max_members,
         "warnings": list(m.source.warnings(m.name)) if not m.up else [],
+        "runtime": spec.runtime, "confidence": conf.level,
+        "confidence_reason": conf.reason, "inferred_members": conf.inferred,
     }
 
 
@@ -431,3 +536,50 @@ def _tree_body(m: RootMirror, latest: dict[Identity, tuple[float, int]]) -> byte
                        "truncated": len(m.members) > spec.max_members},
                       separators=(",", ":"))[:-1].encode()
     return b"".join((head, b',"nodes":[', *parts, b"]}\n"))
+
+
+_STATUS = {400: "400 Bad Request", 403: "403 Forbidden", 404: "404 Not Found",
+           409: "409 Conflict", 413: "413 Content Too Large", 503: "503 Service Unavailable"}
+MAX_BODY_BYTES = 64 * 1024
+
+
+def _write_route(path: str) -> tuple[str, tuple[str, int | None]] | None:
+    """For a path the write API serves: (the methods it allows, (root, pid or None))."""
+    if not path.startswith("/api/v1/roots/"):
+        return None
+    parts = path.removeprefix("/api/v1/roots/").split("/")
+    if len(parts) == 1 and parts[0]:
+        return "GET, HEAD, PUT, DELETE", (parts[0], None)
+    if len(parts) == 2 and parts[1] == "kill" and parts[0]:
+        return "POST", (parts[0], None)
+    if len(parts) == 4 and parts[1] == "processes" and parts[3] == "kill" \
+            and parts[2].isdigit() and parts[0]:
+        return "POST", (parts[0], int(parts[2]))
+    return None
+
+
+def _float_param(params: dict[str, list[str]], key: str) -> float | None:
+    text = (params.get(key) or [""])[0]
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ControlError(400, f"{key}: not a number: {text!r}", key=key) from None
+
+
+def _read_json(environ: dict[str, Any]) -> Any:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise ControlError(400, "a bad Content-Length") from None
+    if length > MAX_BODY_BYTES:
+        raise ControlError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    data = environ["wsgi.input"].read(length) if length > 0 else b""
+    if not data.strip():
+        raise ControlError(400, "the body must be a JSON object with a root's keys "
+                           "(select, match, ...)")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ControlError(400, f"the body is not JSON: {exc}") from None

@@ -482,6 +482,14 @@ class WebConfig:
                 del cache.pending[key]
             done.set()
 
+    def user_of(self, authorization_header: str | None) -> str | None:
+        """The user a ``Basic`` header names, once :meth:`check_basic_auth` passed it;
+        None without users configured (nobody logged in) or without the header."""
+        if not self.basic_auth_users:
+            return None
+        creds = _parse_basic(authorization_header)
+        return creds[0] if creds is not None else None
+
     def _check_slowly(self, key: bytes, stored: bytes | None, hashed: bytes,
                       password: bytes) -> bool:
         with self._cache.bcrypt_lock:

@@ -38,6 +38,7 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from _stream_families(snap)
     yield from _state_families(snap)
     yield from _resource_families(snap)
+    yield from _control_families(snap)
 
 
 def _root_families(snap: Snapshot) -> Iterator[Metric]:
@@ -79,6 +80,17 @@ def _root_families(snap: Snapshot) -> Iterator[Metric]:
                                   labels=["root"])
     tombstones = GaugeMetricFamily("proctree_root_tombstones",
                                    "Exited members kept for inspection.", labels=["root"])
+    exact = GaugeMetricFamily("proctree_root_confidence_exact",
+                              "1 when every live member below an instance was placed by a "
+                              "fork event; 0 (degraded) when /proc placed some (see "
+                              "proctree_root_inferred_members).", labels=["root"])
+    inferred = GaugeMetricFamily("proctree_root_inferred_members",
+                                 "Live members placed by /proc rather than a fork event, by "
+                                 "how: snapshot (present at start), resync (after lost "
+                                 "events), late, poll.", labels=["root", "source"])
+    runtime = GaugeMetricFamily("proctree_root_runtime",
+                                "1 for a root added at run time (write API), 0 for one of "
+                                "config.yaml.", labels=["root"])
     for r in roots:
         n = [r.name]
         up.add_metric(n, 1.0 if r.up else 0.0)
@@ -98,8 +110,12 @@ def _root_families(snap: Snapshot) -> Iterator[Metric]:
         depth.add_metric(n, r.max_depth)
         truncated.add_metric(n, 1.0 if r.truncated else 0.0)
         tombstones.add_metric(n, r.tombstones)
+        exact.add_metric(n, 0.0 if r.inferred else 1.0)
+        for source, count in sorted(r.inferred.items()):
+            inferred.add_metric([r.name, source], count)
+        runtime.add_metric(n, 1.0 if r.runtime else 0.0)
     yield from (up, instances, start, procs, spawned, exited, restarts, reuse, actions, changes,
-                depth, truncated, tombstones)
+                depth, truncated, tombstones, exact, inferred, runtime)
 
 
 def _host_families(snap: Snapshot) -> Iterator[Metric]:
@@ -254,6 +270,29 @@ def _stream_families(snap: Snapshot) -> Iterator[Metric]:
     for reason in DROP_REASONS:
         dropped.add_metric([reason], streams.dropped.get(reason, 0) if streams else 0)
     yield dropped
+
+
+def _control_families(snap: Snapshot) -> Iterator[Metric]:
+    """The write API's families: only while it is on (``api.write.enabled``)."""
+    c = snap.control
+    if c is None:
+        return
+    writes = CounterMetricFamily("proctree_api_writes",
+                                 "Write API requests by operation (ensure, remove, kill_tree, "
+                                 "kill_process) and HTTP status code, refusals included.",
+                                 labels=["operation", "code"])
+    for (op, code), count in sorted(c.writes.items()):
+        writes.add_metric([op, code], count)
+    yield writes
+    yield GaugeMetricFamily("proctree_runtime_roots", "Roots added through the write API.",
+                            value=c.runtime_roots)
+    yield GaugeMetricFamily("proctree_runtime_roots_restored",
+                            "Runtime roots brought back from the state file at start.",
+                            value=c.restored)
+    yield CounterMetricFamily("proctree_runtime_roots_gone",
+                              "Runtime pid roots not brought back: their process exited (or "
+                              "its pid was reused) while the exporter was down.",
+                              value=c.gone)
 
 
 def _state_families(snap: Snapshot) -> Iterator[Metric]:

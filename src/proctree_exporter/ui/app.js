@@ -814,7 +814,8 @@
   function renderRoots() {
     const box = $("roots");
     const roots = rootsShown();
-    const sig = JSON.stringify(roots.map((r) => [r.name, r.up, r.member_count, r.classes])) + S.rootName;
+    const sig = JSON.stringify(roots.map((r) => [r.name, r.up, r.member_count, r.classes,
+      r.runtime, r.confidence])) + S.rootName;
     if (box._sig === sig) return;
     box._sig = sig;
     const table = el("table");
@@ -828,6 +829,13 @@
       const a = el("a", null, r.name);
       a.href = "#root=" + encodeURIComponent(r.name);
       name.appendChild(a);
+      // added through the write API, not config.yaml (the page itself never writes)
+      if (r.runtime) name.appendChild(el("span", "badge b-runtime", "runtime"));
+      if (r.confidence === "degraded") {
+        const b = el("span", "badge b-degraded", "~");
+        b.title = "membership degraded: " + (r.confidence_reason || "");
+        name.appendChild(b);
+      }
       tr.appendChild(name);
       tr.appendChild(el("td", r.up ? null : "down", r.up ? "up" : "DOWN"));
       tr.appendChild(el("td", null, r.member_count));
@@ -865,6 +873,7 @@
     const h = el("h2");
     h.appendChild(document.createTextNode(doc.name + " "));
     if (!doc.up) h.appendChild(el("span", "badge b-zombie", "down"));
+    if (doc.runtime) h.appendChild(el("span", "badge b-runtime", "runtime"));
     const facts = el("div", "facts");
     facts.appendChild(el("span", null, "select " + doc.select + " = " + JSON.stringify(doc.match)));
     const insts = [...S.instances.values()];
@@ -876,6 +885,12 @@
       (c.orphaned || 0) + " orphaned · " + (c.zombie || 0) + " zombie"));
     facts.appendChild(el("span", null, "spawned " + doc.spawned_total + " · exited " + doc.exited_total +
       " · restarts " + doc.restarts_total));
+    if (doc.confidence) {
+      const conf = el("span", doc.confidence === "degraded" ? "conf-degraded" : null,
+        "confidence " + doc.confidence);
+      if (doc.confidence_reason) conf.title = doc.confidence_reason;
+      facts.appendChild(conf);
+    }
     const api = el("span");
     const a1 = el("a", null, "JSON");
     a1.href = "/api/v1/roots/" + encodeURIComponent(doc.name);
