@@ -6,11 +6,13 @@ import gzip
 import json
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,24 +32,48 @@ def free_port() -> int:
 
 @dataclass
 class Running:
-    """A daemon started by a test."""
+    """A daemon started by a test (over https when ``ssl_context`` is set)."""
 
     proc: subprocess.Popen[str]
     port: int
     config: Path
+    ssl_context: ssl.SSLContext | None = None
+    log_file: Path | None = None  # its stdout and stderr, when not a pipe
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def get(self, path: str, headers: dict[str, str] | None = None,
             method: str = "GET") -> tuple[int, dict[str, str], bytes]:
         req = urllib.request.Request(self.url + path, headers=headers or {}, method=method)
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=self.ssl_context) as r:
                 return r.status, dict(r.headers), r.read()
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read()
+
+    def wait_ready(self, timeout: float = 30.0) -> Running:
+        """Return once /-/ready says 200; fail with the daemon's log if it exits, or
+        after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.get("/-/ready")[0] == 200:
+                    return self
+            except OSError:  # not listening yet
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.output()}")
+            assert time.monotonic() < deadline, f"daemon not ready in {timeout:g} s"
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        """What the daemon wrote, once it has exited (its log file, or stderr)."""
+        if self.log_file is not None:
+            return self.log_file.read_text(errors="replace")
+        return self.proc.stderr.read() if self.proc.stderr else ""
 
     def json(self, path: str) -> Any:
         status, _, body = self.get(path)
@@ -83,27 +109,25 @@ def value(m: dict, name: str, **labels: str) -> float | None:
 
 
 def start_daemon(janitor: Janitor, tmp_path: Path, config: str, *extra: str,
-                 wait_ready: bool = True) -> Running:
+                 wait_ready: bool = True, ssl_context: ssl.SSLContext | None = None,
+                 log_file: Path | None = None, prefix: Sequence[str] = ()) -> Running:
+    """The daemon on ``config`` (written to tmp_path/config.yaml) and a free loopback
+    port, with ``extra`` flags; ready (/-/ready 200) unless ``wait_ready`` is false.
+    ``ssl_context``: it serves https (a web config in ``extra``), trusted with this.
+    ``log_file``: its output goes there, not to a pipe (a storm logs more than a pipe
+    holds unread). ``prefix``: run it under this command (``setpriv ...``)."""
     cfg = tmp_path / "config.yaml"
     cfg.write_text(config)
     port = free_port()
-    proc = janitor.spawn([EXE, "--config", str(cfg), "--web.listen-address",
-                          f"127.0.0.1:{port}", *extra], stderr=subprocess.PIPE)
-    d = Running(proc, port, cfg)
-    if wait_ready:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if d.get("/-/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None:
-                err = proc.stderr.read() if proc.stderr else ""
-                raise AssertionError(f"daemon exited: {err}")
-            assert time.monotonic() < deadline, "daemon not ready in 30 s"
-            time.sleep(0.05)
-    return d
+    args = [*prefix, EXE, "--config", str(cfg), "--web.listen-address", f"127.0.0.1:{port}",
+            *extra]
+    if log_file is not None:
+        with open(log_file, "wb") as out:
+            proc = janitor.spawn(args, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        proc = janitor.spawn(args, stderr=subprocess.PIPE)
+    d = Running(proc, port, cfg, ssl_context, log_file)
+    return d.wait_ready() if wait_ready else d
 
 
 @dataclass

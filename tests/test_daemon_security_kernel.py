@@ -15,10 +15,10 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from proctree_exporter import __version__
+from proctree_exporter import __version__, openapi
 
 from .conftest import Janitor
-from .daemon_helpers import Running, start_daemon
+from .daemon_helpers import start_daemon
 from .test_web_config import Pki, pki  # noqa: F401 - the certificate fixture
 
 pytestmark = pytest.mark.kernel
@@ -36,20 +36,6 @@ def fetch(url: str, ctx: ssl.SSLContext, auth: tuple[str, str] | None = None) ->
         return e.code
 
 
-def wait_tls_ready(d: Running, ctx: ssl.SSLContext) -> str:
-    """The daemon's https base URL, once its /-/ready says 200 (fails after 30 s)."""
-    base = f"https://127.0.0.1:{d.port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if fetch(base + "/-/ready", ctx) == 200:
-                return base
-        except OSError:
-            pass
-        assert time.monotonic() < deadline and d.proc.poll() is None, "daemon not ready"
-        time.sleep(0.1)
-
-
 def test_tls_and_basic_auth_guard_everything_but_health(janitor: Janitor, tmp_path: Path,
                                                         pki: Pki) -> None:  # noqa: F811
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
@@ -60,10 +46,10 @@ def test_tls_and_basic_auth_guard_everything_but_health(janitor: Janitor, tmp_pa
     check = subprocess.run(["promtool", "check", "web-config", str(web)], capture_output=True,
                            text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
-    d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web),
-                     wait_ready=False)
     ctx = ssl.create_default_context(cafile=str(pki.ca))
-    base = wait_tls_ready(d, ctx)
+    d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web),
+                     ssl_context=ctx)
+    base = d.url
     assert fetch(base + "/-/healthy", ctx) == 200  # health checks need no credentials
     assert fetch(base + "/metrics", ctx) == 401
     assert fetch(base + "/metrics", ctx, ("prom", "wrong")) == 401
@@ -98,10 +84,10 @@ def test_tls_clients_that_hang_up_leave_no_traceback_and_server_names_itself(
     web = tmp_path / "web.yml"
     web.write_text(f"tls_server_config:\n  cert_file: {pki.server_crt}\n"
                    f"  key_file: {pki.server_key}\n")
-    d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web),
-                     wait_ready=False)
     ctx = ssl.create_default_context(cafile=str(pki.ca))
-    base = wait_tls_ready(d, ctx)
+    d = start_daemon(janitor, tmp_path, "roots: []\n", "--web.config.file", str(web),
+                     ssl_context=ctx)
+    base = d.url
     # the Server header names the exporter, not Python, on answers and on error replies
     for path in ("/metrics", "/-/healthy", "/nope"):
         req = urllib.request.Request(base + path)
@@ -174,6 +160,7 @@ def test_a_flood_of_bad_logins_never_holds_up_health_checks_or_cached_logins(
     assert d.get("/metrics", good)[0] == 200  # now cached
     stop = time.monotonic() + 4.0  # bounded: 100 clients (more than the 64 workers), 4 s
     answers: list[int] = []
+    refusals: list[dict[str, str]] = []  # the headers of 429 answers
 
     def flood() -> None:  # a guesser: a new password each time, so none is cached
         n = 0
@@ -181,10 +168,13 @@ def test_a_flood_of_bad_logins_never_holds_up_health_checks_or_cached_logins(
             n += 1
             guess = base64.b64encode(f"prom:guess-{threading.get_ident()}-{n}".encode())
             try:
-                answers.append(d.get("/metrics", {"Authorization": "Basic " +
-                                                  guess.decode()})[0])
+                status, headers, _ = d.get("/metrics", {"Authorization": "Basic " +
+                                                        guess.decode()})
             except OSError:
-                answers.append(-1)
+                status, headers = -1, {}
+            answers.append(status)
+            if status == 429:
+                refusals.append(headers)
 
     threads = [threading.Thread(target=flood) for _ in range(100)]
     for t in threads:
@@ -207,3 +197,10 @@ def test_a_flood_of_bad_logins_never_holds_up_health_checks_or_cached_logins(
     assert healthy and max(healthy) < 0.5, healthy
     assert max(scrape) < 2.0, scrape
     assert 429 in answers and 401 in answers and 503 not in answers, sorted(set(answers))
+    # as the OpenAPI document says (components.responses.TooManyLogins)
+    doc = openapi.document()["components"]["responses"]["TooManyLogins"]
+    assert openapi.document()["paths"]["/metrics"]["get"]["responses"]["429"]["$ref"].endswith(
+        "/TooManyLogins")
+    for headers in refusals[:5]:
+        assert headers["Retry-After"].isdigit()
+        assert headers["Content-Type"] in doc["content"]

@@ -32,10 +32,7 @@ import yaml
 
 from .conftest import PYTHON, Janitor, read_lines, wait_for
 from .daemon_helpers import (
-    EXE,
     PrometheusServer,
-    Running,
-    free_port,
     start_daemon,
     start_prometheus,
     value,
@@ -314,17 +311,11 @@ def test_deploy_capabilities_are_enough(janitor: Janitor, tmp_path: Path, grante
     if granted == "without SYS_PTRACE":
         caps = caps - {"sys_ptrace"}  # the control: shows the check below can fail
     # as the unit and the pod run it: root, only these capabilities, no new privileges
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text("roots:\n  - name: other\n    select: cmdline\n"
-                   '    match: "^sleep 31\\\\.4159"\n')
-    port = free_port()
     bounding = "-all," + ",".join(f"+{c}" for c in sorted(caps))
-    proc = janitor.spawn(["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all",
-                          "--no-new-privs", EXE, "--config", str(cfg),
-                          "--web.listen-address", f"127.0.0.1:{port}"],
-                         stderr=subprocess.PIPE)
-    daemon = Running(proc, port, cfg)
-    wait_for(lambda: _ready(daemon), timeout=30, interval=0.05)
+    daemon = start_daemon(janitor, tmp_path, "roots:\n  - name: other\n    select: cmdline\n"
+                          '    match: "^sleep 31\\\\.4159"\n',
+                          prefix=["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all",
+                                  "--no-new-privs"])
     m = daemon.metrics()
     assert value(m, "proctree_source_info", source="netlink", filtered="true") == 1 or \
         value(m, "proctree_source_info", source="netlink", filtered="false") == 1
@@ -342,10 +333,3 @@ def test_deploy_capabilities_are_enough(janitor: Janitor, tmp_path: Path, grante
     assert status == 0, err
 
 
-def _ready(daemon: Running) -> bool:
-    if daemon.proc.poll() is not None:
-        raise AssertionError(daemon.proc.stderr.read() if daemon.proc.stderr else "exited")
-    try:
-        return daemon.get("/-/ready")[0] == 200
-    except OSError:
-        return False

@@ -21,7 +21,7 @@ import pytest
 from proctree_exporter import procfs
 
 from .conftest import REPO, Janitor, wait_for
-from .daemon_helpers import EXE, Running, free_port, value
+from .daemon_helpers import Running, start_daemon, value
 
 pytestmark = pytest.mark.kernel
 
@@ -55,27 +55,6 @@ def build_loadgen(tmp_path: Path) -> Path:
     subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", str(binary), str(LOADGEN_SRC)],
                    check=True)
     return binary
-
-
-def start_daemon_logging_to_file(janitor: Janitor, tmp_path: Path) -> Running:
-    """The daemon with its log in a file: a storm logs more than a pipe holds unread."""
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text(CONFIG)
-    port = free_port()
-    with open(tmp_path / "daemon.log", "wb") as log:
-        proc = janitor.spawn([EXE, "--config", str(cfg), "--web.listen-address",
-                              f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
-    d = Running(proc, port, cfg)
-
-    def ready() -> bool:
-        assert proc.poll() is None, (tmp_path / "daemon.log").read_text()
-        try:
-            return d.get("/-/ready")[0] == 200
-        except OSError:
-            return False
-
-    wait_for(ready, timeout=30, interval=0.05)
-    return d
 
 
 def connector_drops(pid: int) -> int:
@@ -138,7 +117,7 @@ def mismatches(d: Running) -> list[str]:
 def test_storm_with_small_buffer_loses_resyncs_and_ends_equal_to_proc(
         janitor: Janitor, tmp_path: Path) -> None:
     loadgen = build_loadgen(tmp_path)
-    d = start_daemon_logging_to_file(janitor, tmp_path)
+    d = start_daemon(janitor, tmp_path, CONFIG, log_file=tmp_path / "daemon.log")
     drops0 = connector_drops(d.proc.pid)
     storms = []
     for mode, workers in (("fork-exit", 2), ("threads", 1)):

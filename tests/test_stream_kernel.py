@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import bcrypt
@@ -300,20 +299,10 @@ def test_streams_go_through_tls_and_basic_auth(janitor: Janitor, tmp_path: Path,
                    f"basic_auth_users:\n  prom: {hashed}\n")
     holder = janitor.python(STORM, stdin=subprocess.PIPE)
     (pid,) = read_lines(holder, 1)
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
     d = start_daemon(janitor, tmp_path, f"roots:\n  - name: storm\n    select: pid\n"
                                         f"    match: {pid}\n", "--web.config.file", str(web),
-                     wait_ready=False)
-    ctx = ssl.create_default_context(cafile=str(pki.ca))
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"https://127.0.0.1:{d.port}/-/ready", timeout=5,
-                                        context=ctx) as r:
-                return r.status == 200
-        except OSError:  # not listening yet, or 503 (HTTPError) while seeding
-            return False
-
-    wait_for(ready, timeout=30, interval=0.1)
+                     ssl_context=ctx)
     anon = Stream(d.port, "?root=storm", ctx=ctx)
     assert anon.read_head() == 401
     anon.close()

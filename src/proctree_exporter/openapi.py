@@ -469,6 +469,12 @@ def _responses() -> dict[str, Schema]:
                            "no valid credentials.",
             "headers": {"WWW-Authenticate": {"required": True, "schema": _STR}},
             "content": {"text/plain; charset=utf-8": {"schema": _STR}}},
+        "TooManyLogins": {
+            "description": "Basic auth is configured and more password checks than a few "
+                           "are already waiting: a login not already cached is refused at "
+                           "once rather than queued (retry after Retry-After seconds).",
+            "headers": {"Retry-After": {"required": True, "schema": _COUNT}},
+            "content": {"text/plain; charset=utf-8": {"schema": _STR}}},
         "NotReady": _text("The daemon is still seeding from /proc."),
         "BadRequest": {"description": "A query parameter is missing or malformed.",
                        "content": _json(_ref("Error"))},
@@ -514,6 +520,7 @@ def _op(op_id: str, tag: str, summary: str, ok: Schema, *, description: str | No
     responses.update(more or {})
     if not public:
         responses["401"] = _r("Unauthorized")
+        responses["429"] = _r("TooManyLogins")
     op: Schema = {"operationId": op_id, "tags": [tag], "summary": summary}
     if description:
         op["description"] = description
