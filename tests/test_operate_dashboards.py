@@ -1,5 +1,8 @@
 """The Grafana dashboards: committed JSON is the generator's output, and it lints clean.
 
+The generator builds them with grafana-foundation-sdk, at the exact version the `test` extra
+of pyproject.toml pins.
+
 Every panel query is also parsed by promtool (Prometheus's own PromQL parser) here, and
 evaluated against a real Prometheus scraping the real daemon in test_operate_e2e.py.
 """
@@ -11,6 +14,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,10 +63,18 @@ def test_committed_json_is_what_the_generator_makes() -> None:
     assert set(made) == set(committed()), "a dashboard file without generator, or vice versa"
     for name, model in made.items():
         assert (DASHBOARDS / name).read_text() == generate.render(model), \
-            f"{name} is stale: run python3 dashboards/generate.py"
+            f"{name} is stale: run .venv/bin/python dashboards/generate.py"
     out = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--check"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_generator_uses_the_sdk_the_test_extra_pins() -> None:
+    # an unpinned install takes the newest upload, the Grafana 10.1 flavour (see generate.py)
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["test"]
+    assert f"grafana-foundation-sdk=={generate.SDK}" in extra
+    assert generate.SDK.endswith("!10.4.0"), "the oldest Grafana the dashboards support"
 
 
 def test_dashboards_lint_clean() -> None:
