@@ -49,7 +49,9 @@ class Stream:
             sock = ctx.wrap_socket(sock, server_hostname="localhost")
         self.sock = sock
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        sock.sendall(f"GET /api/v1/events{query} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+        # one request: an error answer (404, 400) ends the connection, as a stream's end does
+        sock.sendall(f"GET /api/v1/events{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     f"{extra}\r\n".encode())
         self.buf = b""
         self.last_id: str | None = None  # as a browser keeps it: id-only frames count
         self.eof = False

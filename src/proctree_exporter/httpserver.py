@@ -1,14 +1,26 @@
-"""The HTTP server: slow clients cost a socket, never a thread.
+"""The HTTP server: slow and idle clients cost a socket, never a thread.
 
 One thread accepts connections and, without blocking, completes TLS handshakes
 and reads request heads, each within ``read_timeout_s`` and ``max_head_bytes``.
 Only a complete request head is handed to a bounded pool of worker threads
-that run the WSGI app and write the response (one request per connection).
-A long-lived response (the event stream) takes the connection over through
-``environ["proctree.hijack"]`` and frees its worker at once.
-So a slowloris client, a stuck TLS handshake or a 1 MB header holds a small
-buffer at most, for a bounded time, while other clients are served; the
-number of threads is fixed and the number of connections is capped.
+that run the WSGI app and write the response. A long-lived response (the event
+stream) takes the connection over through ``environ["proctree.hijack"]`` and
+frees its worker at once.
+
+Connections are kept alive (HTTP/1.1): once a response is complete, its worker
+hands the socket back to the reception thread, which waits for the next request
+head as it waits for a new connection's first: up to ``keepalive_idle_s`` for
+it to begin, and ``read_timeout_s`` from there for it to complete. A connection
+is closed instead after ``max_requests`` requests, when the client says
+``Connection: close`` or speaks HTTP/1.0, when the response has no
+Content-Length, and when a request body was not read to its end by the app.
+Idle connections count against the same ``max_pending`` as new ones, and the
+longest idle is closed first when it is reached.
+
+So a slowloris client, a stuck TLS handshake, an idle keep-alive client or a
+1 MB header holds a small buffer at most, for a bounded time, while other
+clients are served; the number of threads is fixed and the number of
+connections is capped.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler
@@ -38,6 +50,16 @@ log = logging.getLogger(__name__)
 MAX_HEAD_BYTES = 64 * 1024
 QUEUE_PER_WORKER = 4
 MIN_QUEUE = 256
+# A kept-alive connection may wait this long for its next request. Longer than the
+# usual scrape intervals (15, 30, 60 s: Prometheus keeps its connection to a target
+# between scrapes), so that a scraper does not reconnect each time, nor race our
+# close with its next request.
+KEEPALIVE_IDLE_S = 75.0
+MAX_REQUESTS = 100  # per connection; the last response says Connection: close
+# At server_close, requests in flight get this long to finish writing their
+# response (their request bodies are cut at once); then their sockets are shut,
+# so that no worker holds up the exit (the interpreter waits for every worker).
+CLOSE_GRACE_S = 0.5
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -58,51 +80,96 @@ def parse_listen_address(text: str) -> tuple[int, str, int]:
     return socket.AF_INET, host, port
 
 
-class _PrefixedRaw(io.RawIOBase):
-    """The request head already read, then whatever else the socket sends (a body)."""
+class _Body(io.RawIOBase):
+    """A request's body (``wsgi.input``): what arrived with the head, then the socket,
+    never past its Content-Length, so the next request on the connection stays
+    where it is (in ``pipelined``, or unread in the socket)."""
 
-    def __init__(self, head: bytes, sock: socket.socket) -> None:
-        self._head = memoryview(head)
+    def __init__(self, early: bytes, sock: socket.socket, length: int) -> None:
+        self._early = memoryview(early)[:length]
+        self.pipelined = early[length:]  # what the client sent after the body
         self._sock = sock
+        self.left = length  # bytes of the body not yet read
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        return self._sock.recv_into(b)
+        want = min(len(b), self.left)
+        if want <= 0:
+            return 0
+        if self._early:
+            n = min(want, len(self._early))
+            b[:n] = self._early[:n]
+            self._early = self._early[n:]
+        else:
+            n = self._sock.recv_into(b, want)
+            if n == 0:  # the client hung up mid-body: there is no next request
+                self.left = -1
+                return 0
+        self.left -= n
+        return n
 
 
-class _Muted(io.RawIOBase):
-    """The response writer; once the connection is taken over, writes go nowhere
-    (wsgiref still "sends" the empty response the app returned)."""
+class _ResponseWriter(io.RawIOBase):
+    """The response writer: collects what is written until a flush, so that a
+    response's status line, headers and body leave in one send; once the
+    connection is taken over, writes go nowhere (wsgiref still "sends" the empty
+    response the app returned)."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
+        self._out = bytearray()
         self.muted = False
 
     def writable(self) -> bool:
         return True
 
     def write(self, b: Any) -> int:
-        return len(b) if self.muted else self._inner.write(b)
+        if not self.muted:
+            self._out += b
+        return len(b)
 
     def flush(self) -> None:
-        if not self.muted:
-            self._inner.flush()
+        if self._out and not self.muted:
+            out, self._out = self._out, bytearray()
+            self._inner.write(out)
 
 
 SERVER_SOFTWARE = f"proctree-exporter/{__version__}"  # the Server header: no Python version
 
 
 class _ServerHandler(ServerHandler):
-    """wsgiref's response writer, naming this server, with its errors in our log."""
+    """wsgiref's response writer, naming this server, speaking HTTP/1.1, with its
+    errors in our log; it says whether the connection may carry another request."""
 
     server_software = SERVER_SOFTWARE
+    http_version = "1.1"
+
+    def cleanup_headers(self) -> None:
+        super().cleanup_headers()  # Content-Length, where the app returned one block
+        handler: _Handler = self.request_handler  # type: ignore[attr-defined]
+        headers = self.headers
+        assert headers is not None
+        if handler.may_keep_alive() and "Content-Length" in headers:
+            handler.keep_alive = True
+        else:  # the length is not known, or the client or we are done
+            headers["Connection"] = "close"
+
+    def finish_content(self) -> None:
+        super().finish_content()
+        handler: _Handler = self.request_handler  # type: ignore[attr-defined]
+        headers = self.headers
+        assert headers is not None and self.environ is not None
+        length = headers.get("Content-Length", "").strip()
+        # a body other than its Content-Length says would be read as (part of) the next
+        # response; HEAD answers carry the length of the GET answer, and no body
+        sent = "0" if self.environ.get("REQUEST_METHOD") == "HEAD" else length
+        handler.complete = str(self.bytes_sent) == sent
+
+    def handle_error(self) -> None:
+        self.request_handler.failed = True  # type: ignore[attr-defined]  # then: close
+        super().handle_error()
 
     def log_exception(self, exc_info: Any) -> None:
         # a client that hangs up mid-response (SSLEOFError, BrokenPipe) is not news: debug
@@ -115,25 +182,37 @@ class _ServerHandler(ServerHandler):
 
 
 class _Handler(WSGIRequestHandler):
-    """wsgiref's request handler fed from a pre-read head; quiet (requests are not notable)."""
+    """wsgiref's request handler for one request of a connection, fed from a pre-read
+    head; quiet (requests are not notable). After it returns, ``reusable`` says
+    whether the connection may carry another request, and ``conn.buf`` holds what
+    the client sent after this request (a pipelined next one)."""
 
     server_version = SERVER_SOFTWARE
+    # the status line of its own replies (400, 414, 431, 505), and 100 Continue
+    protocol_version = "HTTP/1.1"
     # error replies to a malformed request line are HTTP/0.9 (a bare body, no headers)
     # unless the default says otherwise; nobody speaks 0.9 to an exporter
     default_request_version = "HTTP/1.1"
 
-    def __init__(self, sock: socket.socket, head: bytes, client: Any, server: Server,
-                 taken: list[bool]) -> None:
-        self._head = head
-        self._taken = taken
-        super().__init__(sock, client, server)  # type: ignore[arg-type]
+    def __init__(self, conn: _Connection, head: bytes, early: bytes, server: Server) -> None:
+        self.conn = conn
+        self._head = head  # the request line and headers, through the blank line
+        self._early = early  # what came after them in the same reads
+        self.body: _Body | None = None
+        self._input: io.BufferedReader | None = None
+        self.keep_alive = False  # the response head said so (no Connection: close)
+        self.complete = False  # the response went out whole, as long as it said
+        self.failed = False
+        self.reusable = False
+        self._framed = False  # the request body's end is known
+        super().__init__(conn.sock, conn.client, server)  # type: ignore[arg-type]
 
     def setup(self) -> None:
         super().setup()
         plain = self.rfile  # holds a reference on the socket until closed
-        self.rfile = io.BufferedReader(_PrefixedRaw(self._head, self.connection))
+        self.rfile = io.BytesIO(self._head)
         plain.close()
-        self.wfile = _Muted(self.wfile)  # type: ignore[assignment]
+        self.wfile = _ResponseWriter(self.wfile)  # type: ignore[assignment]
 
     def version_string(self) -> str:
         return SERVER_SOFTWARE  # also on the handler's own error replies (400, 414, ...)
@@ -145,8 +224,14 @@ class _Handler(WSGIRequestHandler):
             self.send_header(name, value)
         super().end_headers()
 
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue`` (curl, for bodies over 1 KiB): go ahead at once."""
+        self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.wfile.flush()
+        return True
+
     def handle(self) -> None:
-        """wsgiref's, with :class:`_ServerHandler` for the response."""
+        """wsgiref's, with :class:`_ServerHandler` for the response and a bounded body."""
         self.raw_requestline = self.rfile.readline(65537)
         if len(self.raw_requestline) > 65536:
             self.requestline = self.request_version = self.command = ""
@@ -154,10 +239,36 @@ class _Handler(WSGIRequestHandler):
             return
         if not self.parse_request():  # an error reply has been sent
             return
-        handler = _ServerHandler(self.rfile, self.wfile, self.get_stderr(), self.get_environ(),
+        length = _content_length(self.headers)
+        self.body = _Body(self._early, self.connection, length or 0)
+        self._input = io.BufferedReader(self.body)
+        self._framed = length is not None
+        handler = _ServerHandler(self._input, self.wfile, self.get_stderr(), self.get_environ(),
                                  multithread=False)
         handler.request_handler = self  # type: ignore[attr-defined]
         handler.run(self.server.get_app())  # type: ignore[attr-defined]
+        self.wfile.flush()
+        if self.keep_alive and self.complete and not self.failed and not self.conn.taken:
+            self.conn.buf = bytearray(self.body.pipelined)
+            self.reusable = True
+
+    def may_keep_alive(self) -> bool:
+        """Whether the connection may carry another request after this one (its
+        response's length being known): asked when the response head is written."""
+        server: Server = self.server  # type: ignore[assignment]
+        version = self.request_version
+        tokens = {t.strip().lower() for v in self.headers.get_all("Connection", ())
+                  for t in v.split(",")}
+        return (version.startswith("HTTP/1.") and version != "HTTP/1.0"
+                and "close" not in tokens and self._framed and not self.failed
+                and self._body_read() and self.conn.served < server.max_requests
+                and not server.stopping)
+
+    def _body_read(self) -> bool:
+        """The app has read the request body to its end (else its rest would be taken
+        for the next request)."""
+        assert self.body is not None and self._input is not None
+        return self.body.left == 0 and not self._input.peek(1)
 
     def get_environ(self) -> dict[str, Any]:
         env = super().get_environ()
@@ -175,22 +286,42 @@ class _Handler(WSGIRequestHandler):
         """Take the connection over: the caller owns the socket (and closes it); the
         app's own response is discarded."""
         self.wfile.muted = True  # type: ignore[attr-defined]
-        self._taken[0] = True
+        self.server.hand_over(self.conn)  # type: ignore[attr-defined]
         return self.connection
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s %s", self.address_string(), format % args)
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A connection whose request head is still arriving."""
+def _content_length(headers: Any) -> int | None:
+    """A request's body length: 0 without one; None when it cannot be told where the
+    body ends (a chunked body, a bad or ambiguous Content-Length)."""
+    if headers.get("Transfer-Encoding") is not None:
+        return None
+    values = {v.strip() for v in headers.get_all("Content-Length", ())}
+    if not values:
+        return 0
+    if len(values) != 1:
+        return None
+    (text,) = values
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    """A client connection: its request head arriving, in a worker, or idle between
+    requests (kept alive)."""
 
     sock: socket.socket
     client: Any
-    deadline: float
+    deadline: float  # the head must be in by then (idle: the next one must begin)
+    fd: int = -1  # while the reception loop has it
     buf: bytearray = field(default_factory=bytearray)
     handshaking: bool = False
+    idle: bool = False  # kept alive, waiting for its next request to begin
+    served: int = 0  # requests handed to a worker so far
+    taken: bool = False  # taken over by the app (the event stream)
+    future: Future[None] | None = None
 
 
 class Server:
@@ -201,11 +332,14 @@ class Server:
                  max_connections: int = 64, socket_mode: int = 0o600,
                  read_timeout_s: float = 10.0, max_pending: int = 1024,
                  max_head_bytes: int = MAX_HEAD_BYTES,
+                 keepalive_idle_s: float = KEEPALIVE_IDLE_S, max_requests: int = MAX_REQUESTS,
                  worker_init: Callable[[], None] | None = None,
                  headers: Sequence[tuple[str, str]] = ()) -> None:
         self.ssl_context = ssl_context
         self.headers = tuple(headers)  # on every reply this server writes itself
         self.read_timeout_s = read_timeout_s
+        self.keepalive_idle_s = keepalive_idle_s
+        self.max_requests = max_requests
         self.max_pending = max_pending
         self.max_head_bytes = max_head_bytes
         self._app = app
@@ -244,7 +378,16 @@ class Server:
         self.max_pending = max(min(max_pending, fds - 64 - in_flight), 16)
         self._slots = threading.BoundedSemaphore(in_flight)
         self._sel = selectors.DefaultSelector()
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, _Connection] = {}  # by fd: reception's connections
+        self._idle: dict[int, _Connection] = {}  # the idle ones of those, longest idle first
+        # workers hand kept-alive connections back through here, and wake the loop
+        self._lock = threading.Condition()
+        self._returned: list[_Connection] = []
+        self._busy: set[_Connection] = set()  # handed to a worker, not yet back
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._closed = False  # no more connections come back (the loop has ended)
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self.rejected = 0  # requests answered 503 because the queue was full
@@ -252,21 +395,42 @@ class Server:
     def get_app(self) -> Callable[..., Any]:
         return self._app
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def idle_connections(self) -> int:
+        """Kept-alive connections waiting for their next request."""
+        return len(self._idle)
+
     # -- reception loop (one thread) ------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 0.1) -> None:
         """Accept and read request heads until :meth:`shutdown`."""
         self._sel.register(self.socket, selectors.EVENT_READ)
+        self._sel.register(self._wake_r, selectors.EVENT_READ)
+        next_expiry = 0.0
         try:
             while not self._stop.is_set():
                 for key, _ in self._sel.select(poll_interval):
                     if key.fileobj is self.socket:
                         self._accept()
+                    elif key.fileobj is self._wake_r:
+                        self._take_back()
                     else:
-                        self._advance(self._pending[key.fd])
-                self._expire(time.monotonic())
+                        conn = self._pending.get(key.fd)
+                        if conn is not None:  # not dropped by an earlier event of this round
+                            self._advance(conn)
+                now = time.monotonic()
+                if now >= next_expiry:  # a walk of every connection: not on every event
+                    next_expiry = now + poll_interval
+                    self._expire(now)
         finally:
-            for conn in list(self._pending.values()):
+            with self._lock:
+                self._closed = True
+                returned, self._returned = self._returned, []
+            for conn in [*self._pending.values(), *returned]:
                 self._drop(conn)
             self._sel.close()
             self._stopped.set()
@@ -279,17 +443,18 @@ class Server:
                 return
             except OSError as exc:
                 log.debug("accept failed: %s", exc)
-                if self._pending:  # out of descriptors: shed the slowest pending client
-                    self._drop(min(self._pending.values(), key=lambda c: c.deadline))
+                if self._pending:  # out of descriptors: shed an idle or the slowest client
+                    self._shed()
                 return
             if len(self._pending) >= self.max_pending:
-                # too many unfinished requests: the oldest slow ones go first
-                oldest = min(self._pending.values(), key=lambda c: c.deadline)
-                self._drop(oldest)
+                self._shed()
             sock.setblocking(False)
             if self.unix_path is not None:
                 client = peer_credentials(sock)
-            conn = _Pending(sock, client, time.monotonic() + self.read_timeout_s)
+            else:  # a response's last bytes must not wait for the client's delayed ACK
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = _Connection(sock, client, time.monotonic() + self.read_timeout_s)
             if self.ssl_context is not None:
                 try:
                     conn.sock = self.ssl_context.wrap_socket(sock, server_side=True,
@@ -298,26 +463,65 @@ class Server:
                     sock.close()
                     continue
                 conn.handshaking = True
-            self._pending[conn.sock.fileno()] = conn
+            conn.fd = conn.sock.fileno()
+            self._pending[conn.fd] = conn
             self._sel.register(conn.sock, selectors.EVENT_READ)
             self._advance(conn)
 
-    def _advance(self, conn: _Pending) -> None:
+    def _shed(self) -> None:
+        """Make room: close the longest idle kept-alive connection, else the oldest
+        unfinished request."""
+        if self._idle:
+            self._drop(next(iter(self._idle.values())))
+        elif self._pending:
+            self._drop(min(self._pending.values(), key=lambda c: c.deadline))
+
+    def _take_back(self) -> None:
+        """Connections whose response is complete: wait for their next request."""
+        with contextlib.suppress(OSError):
+            while self._wake_r.recv(4096):
+                pass
+        with self._lock:
+            returned, self._returned = self._returned, []
+        now = time.monotonic()
+        for conn in returned:
+            try:
+                conn.sock.setblocking(False)
+            except OSError:
+                self._drop(conn)
+                continue
+            if len(self._pending) >= self.max_pending:
+                self._shed()
+            conn.idle = not conn.buf
+            conn.deadline = now + (self.keepalive_idle_s if conn.idle else self.read_timeout_s)
+            conn.fd = conn.sock.fileno()
+            self._pending[conn.fd] = conn
+            if conn.idle:
+                self._idle[conn.fd] = conn
+            self._sel.register(conn.sock, selectors.EVENT_READ)
+            # a pipelined request may be in already (in buf, or decrypted in the TLS
+            # layer where the selector does not see it)
+            self._advance(conn)
+
+    def _advance(self, conn: _Connection) -> None:
         """Progress a connection's handshake or head; hand it over once the head is in."""
         sock = conn.sock
         try:
             if conn.handshaking:
                 sock.do_handshake()  # type: ignore[attr-defined]
                 conn.handshaking = False
-            while True:
+            while not self._head_in(conn):
                 chunk = sock.recv(8192)
                 if not chunk:
                     self._drop(conn)
                     return
+                if conn.idle:  # the next request begins: read_timeout_s for its head
+                    conn.idle = False
+                    self._idle.pop(conn.fd, None)
+                    conn.deadline = time.monotonic() + self.read_timeout_s
                 conn.buf += chunk
-                if _HEAD_END in conn.buf or len(conn.buf) > self.max_head_bytes:
-                    break
-                if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                if not self._head_in(conn) and not (isinstance(sock, ssl.SSLSocket)
+                                                    and sock.pending()):
                     return
         except ssl.SSLWantWriteError:
             self._sel.modify(sock, selectors.EVENT_WRITE)
@@ -329,41 +533,80 @@ class Server:
             log.debug("connection from %s failed: %s", conn.client, exc)
             self._drop(conn)
             return
-        if len(conn.buf) > self.max_head_bytes and _HEAD_END not in conn.buf:
+        if _HEAD_END not in conn.buf:
             self._reply_and_close(conn, b"431 Request Header Fields Too Large")
             return
         self._dispatch(conn)
 
-    def _dispatch(self, conn: _Pending) -> None:
+    def _head_in(self, conn: _Connection) -> bool:
+        """The request head is complete, or longer than allowed."""
+        buf = conn.buf
+        if buf[:1] in (b"\r", b"\n"):  # blank lines before a request line are ignored
+            del buf[:len(buf) - len(buf.lstrip(b"\r\n"))]
+        return _HEAD_END in buf or len(buf) > self.max_head_bytes
+
+    def _dispatch(self, conn: _Connection) -> None:
         self._forget(conn)
         if not self._slots.acquire(blocking=False):
             self.rejected += 1
             self._reply_and_close(conn, b"503 Service Unavailable", forgotten=True)
             return
+        end = conn.buf.index(_HEAD_END) + len(_HEAD_END)
+        head, early = bytes(conn.buf[:end]), bytes(conn.buf[end:])
+        conn.buf = bytearray()
+        conn.served += 1
+        with self._lock:
+            self._busy.add(conn)
         try:
             conn.sock.settimeout(self.read_timeout_s)
-            self._workers.submit(self._handle, conn.sock, bytes(conn.buf), conn.client)
+            conn.future = self._workers.submit(self._handle, conn, head, early)
         except RuntimeError:  # shutting down
             self._slots.release()
+            with self._lock:
+                self._busy.discard(conn)
             conn.sock.close()
 
-    def _handle(self, sock: socket.socket, head: bytes, client: Any) -> None:
-        taken = [False]
+    def _handle(self, conn: _Connection, head: bytes, early: bytes) -> None:
+        reusable = False
         try:
-            _Handler(sock, head, client, self, taken)
+            reusable = _Handler(conn, head, early, self).reusable
         except Exception:  # a broken client must not take a worker down
-            log.debug("request from %s failed", client, exc_info=True)
+            log.debug("request from %s failed", conn.client, exc_info=True)
         finally:
             self._slots.release()
-            if not taken[0]:
+            if not self._give_back(conn, reusable) and not conn.taken:
                 with contextlib.suppress(OSError):
-                    sock.close()
+                    conn.sock.close()
+
+    def _give_back(self, conn: _Connection, reusable: bool) -> bool:
+        """Hand a connection whose response is complete back to the reception loop,
+        unless it is not to be kept; True if it went back."""
+        with self._lock:
+            self._busy.discard(conn)
+            self._lock.notify_all()
+            if conn.taken or not reusable or self._closed or self.stopping:
+                return False
+            self._returned.append(conn)
+            with contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+                self._wake_w.send(b"\0")
+            return True
+
+    def hand_over(self, conn: _Connection) -> None:
+        """The app has taken ``conn`` over (it is no longer this server's)."""
+        conn.taken = True
+        with self._lock:
+            self._busy.discard(conn)
+            self._lock.notify_all()
 
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._pending.values() if c.deadline < now]:
-            self._reply_and_close(conn, b"408 Request Timeout")
+            if conn.idle:  # between requests: a plain close, as HTTP allows
+                self._drop(conn)
+            else:
+                self._reply_and_close(conn, b"408 Request Timeout")
 
-    def _reply_and_close(self, conn: _Pending, status: bytes, forgotten: bool = False) -> None:
+    def _reply_and_close(self, conn: _Connection, status: bytes,
+                         forgotten: bool = False) -> None:
         if not forgotten:
             self._forget(conn)
         with contextlib.suppress(OSError, ssl.SSLError, ValueError):
@@ -375,12 +618,14 @@ class Server:
         with contextlib.suppress(OSError):
             conn.sock.close()
 
-    def _forget(self, conn: _Pending) -> None:
-        self._pending.pop(conn.sock.fileno(), None)
+    def _forget(self, conn: _Connection) -> None:
+        self._pending.pop(conn.fd, None)
+        self._idle.pop(conn.fd, None)
+        conn.fd = -1
         with contextlib.suppress(KeyError, ValueError, OSError):
             self._sel.unregister(conn.sock)
 
-    def _drop(self, conn: _Pending) -> None:
+    def _drop(self, conn: _Connection) -> None:
         self._forget(conn)
         with contextlib.suppress(OSError):
             conn.sock.close()
@@ -388,18 +633,49 @@ class Server:
     # -- lifecycle ------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop the reception loop and wait for it (returns within ~poll_interval)."""
+        """Stop the reception loop and wait for it (at once, or within poll_interval)."""
         self._stop.set()
+        with self._lock, contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
         self._stopped.wait(5)
 
     def server_close(self) -> None:
-        """Close the listening socket; requests in flight finish on their own."""
+        """Close the listening socket. Requests in flight get ``CLOSE_GRACE_S`` to
+        finish (without reading more of the client), then their sockets are shut."""
         self._stop.set()
         self.socket.close()
         if self.unix_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.unix_path)
         self._workers.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            busy = list(self._busy)
+        for conn in busy:
+            if conn.future is not None and conn.future.cancelled():  # never to run
+                with self._lock:
+                    self._busy.discard(conn)
+                with contextlib.suppress(OSError):
+                    conn.sock.close()
+            else:  # a worker waiting for a request body gets its end now
+                _shut(conn.sock, socket.SHUT_RD)
+        deadline = time.monotonic() + CLOSE_GRACE_S
+        with self._lock:
+            while self._busy and self._lock.wait(max(deadline - time.monotonic(), 0)):
+                pass
+            stuck = list(self._busy)
+        for conn in stuck:  # a client that does not read its response
+            _shut(conn.sock, socket.SHUT_RDWR)
+        with self._lock:
+            self._closed = True
+            for s in (self._wake_r, self._wake_w):
+                s.close()
+
+
+def _shut(sock: socket.socket, how: int) -> None:
+    """``shutdown(2)`` the socket under a worker, waking its blocked reads or writes;
+    never ``SSLSocket.shutdown``, which drops the TLS layer the worker still uses."""
+    with contextlib.suppress(OSError, ValueError):
+        socket.socket.shutdown(sock, how)
 
 
 class Peer(NamedTuple):
