@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,9 @@ for line in sys.stdin:
         print(z, flush=True)
 """
 
+# the process rows in view (not the "N exited" rows that stand for folded tombstones)
 ROWS_JS = """
-return [...document.querySelectorAll('#tree-canvas .row:not([hidden])')].map(r => ({
+return [...document.querySelectorAll('#tree-canvas .row[data-pid]:not([hidden])')].map(r => ({
   pid: Number(r.dataset.pid), cls: r.dataset.class, depth: Number(r.dataset.depth),
   gone: r.classList.contains('gone'), text: r.textContent}));
 """
@@ -193,8 +195,10 @@ def polls(requests: list[dict[str, Any]]) -> list[str]:
             if "/api/v1/roots" in r["url"] or "/api/v1/tree" in r["url"]]
 
 
-@pytest.fixture
-def browser(janitor: Janitor, tmp_path: Path) -> Iterator[Browser]:
+@contextmanager
+def open_browser(janitor: Janitor, profile: Path) -> Iterator[Browser]:
+    """A headless Chromium session (1440x900 window) with its profile in ``profile``;
+    chromedriver is started through the janitor. Fails (never skips) without Chromium."""
     for exe in (CHROMIUM, CHROMEDRIVER):
         assert shutil.which(exe), (f"{exe} missing: `scripts/bootstrap test` installs Debian's "
                                    "chromium and chromium-driver")
@@ -214,7 +218,7 @@ def browser(janitor: Janitor, tmp_path: Path) -> Iterator[Browser]:
     # the flags keep a headless Chromium from calling Google hosts (refused here anyway)
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium'}",
+            "--disable-dev-shm-usage", f"--user-data-dir={profile}",
             "--window-size=1440,900", "--force-prefers-reduced-motion"]
     caps = {"browserName": "chrome", "acceptInsecureCerts": True,
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args,
@@ -229,6 +233,12 @@ def browser(janitor: Janitor, tmp_path: Path) -> Iterator[Browser]:
             b.call("DELETE", f"/session/{b.session}")  # ends Chromium; the janitor ends the rest
         except (OSError, AssertionError):
             pass
+
+
+@pytest.fixture
+def browser(janitor: Janitor, tmp_path: Path) -> Iterator[Browser]:
+    with open_browser(janitor, tmp_path / "chromium") as b:
+        yield b
 
 
 def row(b: Browser, pid: int) -> dict[str, Any] | None:
@@ -257,8 +267,17 @@ def test_tree_page_shows_children_orphans_zombies_and_filters(janitor: Janitor, 
     browser.click('#roots tr[data-root="ui-job"] a')
     wait_for(lambda: row(browser, holder.pid), timeout=10)
     assert "root" in row(browser, holder.pid)["text"]
+    # the holder's exited children (`sh -c 'exit 3'` and `true`) are one folded row;
+    # a click shows them, faded
+    group = '#tree-canvas .row.exited-group[data-depth="1"]'
+    wait_for(lambda: browser.js(f"return document.querySelector('{group}')?.textContent")
+             == "▶2 exited", timeout=10)
+    assert row(browser, done) is None
+    browser.click(group)
     exited = wait_for(lambda: (r := row(browser, done)) and r["cls"] == "exited" and r, timeout=10)
-    assert exited["gone"] and "exited" in exited["text"]
+    assert exited["gone"] and "exited" in exited["text"] and exited["depth"] == 1
+    browser.click(group)  # folded again
+    wait_for(lambda: row(browser, done) is None, timeout=2)
 
     # a child started now appears within 2 s (the page follows the root's event stream)
     send(holder, "spawn")
@@ -421,8 +440,9 @@ def test_tree_page_follows_the_event_stream_without_polling(janitor: Janitor, tm
         "return [...document.querySelectorAll('#roots tr[data-root=\"ui-job\"] td')]"
         ".map(t => t.textContent)")[3] == "1", timeout=2)
     # what the page built from events is what the exporter's own document says
-    shown_js = ("return [...document.querySelectorAll('#tree-canvas .row:not([hidden])')]"
+    shown_js = ("return [...document.querySelectorAll('#tree-canvas .row[data-pid]:not([hidden])')]"
                 ".map(r => r.dataset.pid + ' ' + r.dataset.class).sort().join(',')")
+    browser.click("#expand-all")  # the exited groups too
 
     def same_as_server() -> bool:
         doc = d.json("/api/v1/roots/ui-job")

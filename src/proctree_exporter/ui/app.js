@@ -62,6 +62,8 @@
     order: [],          // every node, pre-order
     rows: [],           // the nodes shown, in order
     collapsed: new Set(),
+    exitedOpen: false,  // exited groups ("▶ 37 exited") open by default (Expand all) or not
+    exitedFlip: new Set(),  // group keys toggled away from that default
     filter: "",
     problemsOnly: false,
     showExited: true,
@@ -181,6 +183,13 @@
       S.error = null;
       S.polls += 1;
       S.lastOk = Date.now();
+      if (!name && !S.rootName && S.roots.length) {
+        // the URL names no root: show the one most worth a look, and say so in the URL
+        const pick = mostInteresting(S.roots);
+        history.replaceState(null, "", "#root=" + encodeURIComponent(pick));
+        selectRoot(pick);
+        return;
+      }
       if (doc && name === S.rootName) {
         setDoc(doc);
         follow(name);
@@ -197,6 +206,12 @@
     }
     renderStatus();
     schedule();
+  }
+
+  // A root with orphans or zombies, else one that is down, else the first (in list order).
+  function mostInteresting(roots) {
+    const bad = (r) => ((r.classes || {}).orphaned || 0) + ((r.classes || {}).zombie || 0);
+    return (roots.find((r) => bad(r) > 0) || roots.find((r) => !r.up) || roots[0]).name;
   }
 
   function schedule() {
@@ -567,7 +582,7 @@
     const nodes = new Map();
     const add = (m, gone) => {
       const k = keyOf(m);
-      if (!nodes.has(k)) nodes.set(k, { k, m, gone, kids: [], parent: null, depth: 0, size: 1, bad: 0 });
+      if (!nodes.has(k)) nodes.set(k, { k, m, gone, kids: [], parent: null, depth: 0, size: 1, bad: 0, settled: false });
     };
     for (const m of S.live.values()) add(m, false);
     for (const m of S.gone.values()) add(m, m.class !== "zombie");
@@ -619,10 +634,14 @@
         walk(n);
       }
     }
-    // subtree sizes and problem counts, children before parents
+    // subtree sizes and problem counts, children before parents; "settled": an exited
+    // process whose whole subtree has exited too (no live process, zombie or reused pid
+    // below it), drawn folded into its parent's exited group. An exited wrapper that
+    // still holds a live orphan is never settled: it stays in view, as the orphan's parent.
     for (let i = order.length - 1; i >= 0; i--) {
       const n = order[i];
       n.bad += PROBLEMS.has(n.m.class) ? 1 : 0;
+      n.settled = n.gone && n.m.class === "exited" && n.kids.every((c) => c.settled);
       if (n.parent) { n.parent.size += n.size; n.parent.bad += n.bad; }
     }
     S.nodes = nodes;
@@ -632,6 +651,15 @@
   }
 
   // ---- filtering and flattening --------------------------------------------------------
+
+  // The exited group of a parent's settled children ("exited:" alone: the settled top-level
+  // processes). Groups are shut unless Expand all opened them all; a click flips one.
+  function groupKey(parent) { return "exited:" + (parent ? parent.k : ""); }
+  function isGroupKey(k) { return typeof k === "string" && k.startsWith("exited:"); }
+  function groupOpen(k) { return S.exitedOpen !== S.exitedFlip.has(k); }
+  function setGroupOpen(k, open) {
+    if (open === S.exitedOpen) S.exitedFlip.delete(k); else S.exitedFlip.add(k);
+  }
 
   const HAY = new WeakMap();  // member -> its searchable text (a changed member is a new object)
   function hay(n) {
@@ -662,14 +690,34 @@
         for (let a = n; a && !keep.has(a); a = a.parent) keep.add(a);
       }
     }
+    // Without a filter, a parent's settled children (exited, nothing alive below them)
+    // are one row after its other children, "▶ N exited"; opened, they follow that row.
+    // A filter shows every match instead (as it ignores folding).
     const rows = [];
-    const stack = S.tops.slice().reverse();
+    const stack = [];
+    const push = (parent, kids, depth) => {
+      if (!keep) {
+        const settled = kids.filter((c) => c.settled);
+        if (settled.length) {
+          let size = 0;
+          for (const c of settled) size += c.size;
+          stack.push({ group: true, k: groupKey(parent), parent, depth, kids: settled, size });
+        }
+      }
+      for (let i = kids.length - 1; i >= 0; i--) if (keep || !kids[i].settled) stack.push(kids[i]);
+    };
+    push(null, S.tops, 0);
     while (stack.length) {
       const n = stack.pop();
+      if (n.group) {
+        rows.push(n);
+        if (groupOpen(n.k)) for (let i = n.kids.length - 1; i >= 0; i--) stack.push(n.kids[i]);
+        continue;
+      }
       if (keep && !keep.has(n)) continue;
       rows.push(n);
       if (!keep && S.collapsed.has(n.k)) continue;
-      for (let i = n.kids.length - 1; i >= 0; i--) stack.push(n.kids[i]);
+      push(n, n.kids, n.depth + 1);
     }
     S.rows = rows;
     const count = $("match-count");
@@ -714,7 +762,7 @@
     let j = 0;
     for (let i = first; i < last; i++, j++) {
       if (j >= pool.length) { const r = el("div", "row"); r.setAttribute("role", "treeitem"); canvas.appendChild(r); pool.push(r); }
-      fillRow(pool[j], S.rows[i], i, now, anc);
+      if (S.rows[i].group) fillGroup(pool[j], S.rows[i], i); else fillRow(pool[j], S.rows[i], i, now, anc);
     }
     for (; j < pool.length; j++) {
       if (!pool[j].hidden) { pool[j].hidden = true; pool[j]._sig = ""; pool[j]._key = ""; }
@@ -736,6 +784,48 @@
     return parts.join(" ");
   }
 
+  // the note's tooltip: the whole reason and the whole command line, which the column cuts
+  function noteTip(m) {
+    const cmd = m.cmdline || m.exe || "";
+    if (!m.reason) return cmd;
+    return cmd ? m.reason + "\n" + (m.cmdline ? "command line: " : "exe: ") + cmd : m.reason;
+  }
+
+  // the row standing for a parent's settled children: "▶ 37 exited"
+  function fillGroup(row, g, i) {
+    const open = groupOpen(g.k);
+    const sig = ["group", g.k, g.depth, g.size, open].join("\u0001");
+    row.hidden = false;
+    row.style.transform = "translateY(" + i * ROW_H + "px)";
+    if (row._sig !== sig) {
+      row._sig = sig;
+      row._key = g.k;
+      row.className = "row exited-group";
+      delete row.dataset.pid;
+      delete row.dataset.class;
+      row.dataset.key = g.k;
+      row.dataset.exited = g.size;
+      row.dataset.depth = g.depth;
+      row.setAttribute("aria-level", g.depth + 1);
+      row.setAttribute("aria-expanded", String(open));
+      row.replaceChildren();
+      const tree = el("span", "c-tree");
+      tree.style.paddingLeft = g.depth * INDENT + "px";
+      const t = el("button", "tog", open ? "▼" : "▶");
+      t.type = "button";
+      t.tabIndex = -1;
+      t.setAttribute("aria-label", open ? "collapse" : "expand");
+      tree.appendChild(t);
+      tree.appendChild(el("span", "group-count", g.size + " exited"));
+      row.appendChild(tree);
+      const who = g.parent ? g.parent.m.pid + " " + (g.parent.m.comm || "?") : "the top level";
+      row.title = g.size + " exited process" + (g.size > 1 ? "es" : "") + " under " + who +
+        " (nothing alive below them): click to " + (open ? "fold them" : "show them");
+    }
+    row.classList.toggle("selected", g.k === S.selected);
+    row.classList.remove("anc");
+  }
+
   function fillRow(row, n, i, now, anc) {
     const m = n.m;
     const folded = S.collapsed.has(n.k) && !S.filter && !S.problemsOnly && S.showExited;
@@ -748,6 +838,7 @@
       row._key = n.k;
       row.className = "row cls-" + m.class + (n.gone ? " gone" : "");
       row.dataset.key = n.k;
+      delete row.dataset.exited;
       row.dataset.pid = m.pid;
       row.dataset.class = m.class;
       row.dataset.depth = n.depth;
@@ -780,7 +871,8 @@
       row.appendChild(el("span", "c-user", m.user));
       const note = noteOf(m);
       const noteEl = el("span", "c-note", note);
-      if (note) noteEl.title = note;
+      const tip = noteTip(m);
+      if (tip) noteEl.title = tip;
       row.appendChild(noteEl);
       row.title = "";  // built on hover: the chain of ancestors
     }
@@ -987,6 +1079,14 @@
       box.replaceChildren(el("p", "hint", "Click a process to see its details and its chain of ancestors."));
       return;
     }
+    if (isGroupKey(S.selected)) {
+      const g = S.rows.find((r) => r.k === S.selected);
+      box.replaceChildren(el("p", "hint", g
+        ? g.size + " exited process" + (g.size > 1 ? "es" : "") + " with nothing alive below them, " +
+          (groupOpen(g.k) ? "shown below their row." : "folded: click their row (or press →) to show them.")
+        : "These exited processes are no longer listed (their tombstones expired)."));
+      return;
+    }
     if (!n) {
       box.replaceChildren(el("p", "hint", "Process " + S.selected.split(":")[0] + " is no longer listed (its tombstone expired)."));
       return;
@@ -1093,6 +1193,8 @@
     S.selected = null;
     S.hovered = null;
     S.collapsed.clear();
+    S.exitedOpen = false;
+    S.exitedFlip.clear();
     S.recentSig = "";
     $("tree-scroll").scrollTop = 0;
     $("recent").replaceChildren();
@@ -1109,9 +1211,12 @@
     renderDetails();
     const n = S.nodes.get(key);
     if (n && reveal) {
-      // unfold its ancestors and scroll it into view
+      // unfold its ancestors, open the exited groups it is in, and scroll it into view
       let changed = false;
-      for (let a = n.parent; a; a = a.parent) if (S.collapsed.delete(a.k)) changed = true;
+      for (let a = n; a; a = a.parent) {
+        if (a !== n && S.collapsed.delete(a.k)) changed = true;
+        if (a.settled && !groupOpen(groupKey(a.parent))) { setGroupOpen(groupKey(a.parent), true); changed = true; }
+      }
       if (changed) flatten();
       const i = S.rows.indexOf(n);
       const sc = $("tree-scroll");
@@ -1128,6 +1233,12 @@
     refresh();
   }
 
+  function toggleGroup(key, open) {
+    setGroupOpen(key, open === undefined ? !groupOpen(key) : open);
+    refresh();
+    renderDetails();
+  }
+
   function readHash() {
     const params = new URLSearchParams(location.hash.slice(1));
     return params.get("root");
@@ -1140,7 +1251,8 @@
     $("tree-canvas").addEventListener("click", (ev) => {
       const row = ev.target.closest(".row");
       if (!row || !row._key) return;
-      if (ev.target.closest(".tog")) toggle(row._key);
+      if (isGroupKey(row._key)) { select(row._key, false); toggleGroup(row._key); }  // the whole row
+      else if (ev.target.closest(".tog")) toggle(row._key);
       else select(row._key, false);
       scroll.focus({ preventScroll: true });
     });
@@ -1160,10 +1272,14 @@
       const n = i >= 0 ? S.rows[i] : null;
       if (ev.key === "ArrowDown") i = Math.min(S.rows.length - 1, i + 1);
       else if (ev.key === "ArrowUp") i = Math.max(0, i - 1);
-      else if (ev.key === "ArrowLeft" && n) {
+      else if (ev.key === "ArrowLeft" && n && n.group) {
+        if (groupOpen(n.k)) { toggleGroup(n.k, false); ev.preventDefault(); return; }
+        if (n.parent) i = S.rows.indexOf(n.parent);
+      } else if (ev.key === "ArrowLeft" && n) {
         if (n.kids.length && !S.collapsed.has(n.k)) { toggle(n.k, true); ev.preventDefault(); return; }
         if (n.parent) i = S.rows.indexOf(n.parent);
-      } else if (ev.key === "ArrowRight" && n && n.kids.length) { toggle(n.k, false); ev.preventDefault(); return; }
+      } else if (ev.key === "ArrowRight" && n && n.group) { toggleGroup(n.k, true); ev.preventDefault(); return; }
+      else if (ev.key === "ArrowRight" && n && n.kids.length) { toggle(n.k, false); ev.preventDefault(); return; }
       else return;
       ev.preventDefault();
       if (i >= 0) select(S.rows[i].k, true);
@@ -1181,9 +1297,16 @@
     $("collapse-all").addEventListener("click", () => {
       // fold every process with children below the top: the instances and their children stay
       for (const n of S.order) if (n.kids.length && n.depth >= 1) S.collapsed.add(n.k);
+      S.exitedOpen = false;  // and shut every exited group
+      S.exitedFlip.clear();
       refresh();
     });
-    $("expand-all").addEventListener("click", () => { S.collapsed.clear(); refresh(); });
+    $("expand-all").addEventListener("click", () => {
+      S.collapsed.clear();
+      S.exitedOpen = true;  // exited groups too, including those that form later
+      S.exitedFlip.clear();
+      refresh();
+    });
     $("details").addEventListener("click", (ev) => {
       const a = ev.target.closest("a[data-key]");
       if (!a) return;
