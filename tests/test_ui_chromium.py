@@ -349,9 +349,9 @@ def test_tree_page_goes_through_tls_and_basic_auth(janitor: Janitor, tmp_path: P
     web.write_text(f"tls_server_config:\n  cert_file: {pki.server_crt}\n"
                    f"  key_file: {pki.server_key}\n"
                    f"basic_auth_users:\n  prom: {hashed}\n")
-    d = start_daemon(janitor, tmp_path, CONFIG, "--web.config.file", str(web), wait_ready=False)
     ctx = ssl.create_default_context(cafile=str(pki.ca))
-    base = f"https://127.0.0.1:{d.port}"
+    d = start_daemon(janitor, tmp_path, CONFIG, "--web.config.file", str(web), ssl_context=ctx)
+    base = d.url
 
     def status(path: str, auth: bool) -> int:
         req = urllib.request.Request(base + path)
@@ -363,13 +363,6 @@ def test_tree_page_goes_through_tls_and_basic_auth(janitor: Janitor, tmp_path: P
         except urllib.error.HTTPError as e:
             return e.code
 
-    def ready() -> bool:
-        try:
-            return status("/-/ready", False) == 200
-        except OSError:
-            return False
-
-    wait_for(ready, timeout=30, interval=0.1)
     for path in ("/", "/ui/app.js", "/ui/app.css", "/ui/favicon.svg",
                  "/api/v1/ancestors?root=exporter&pid=1"):
         assert status(path, False) == 401, path
