@@ -19,7 +19,7 @@ from .conftest import REPO
 
 NO_KERNEL_TESTS = ("tests/test_membership.py", "tests/test_tree_scenes.py",
                    "tests/test_mirror.py", "tests/test_events.py", "tests/test_state.py",
-                   "tests/test_control.py")
+                   "tests/test_control.py", "tests/test_changelog_bounds.py")
 BAR = 90.0
 MODULES = ("tree", "membership", "classification", "changelog", "mirror", "events",
            "identity", "state")

@@ -6,6 +6,13 @@ events after their cursor without a lock: the log is a ring of fixed capacity
 whose slots hold events that carry their own ``seq``, so a reader can tell an
 event it wanted from one that overwrote it meanwhile, and counts what it lost.
 
+Two bounds, whichever is hit first: ``max_events`` (the root's
+``change_log_size``) and ``max_bytes`` of memory (``change_log_max_bytes``), as
+estimated per event by :func:`event_bytes` in O(1) from its kind and the lengths
+of its strings. Past either, the oldest events are dropped (their slots emptied,
+so their memory is freed at once), and a reader behind them is told how many it
+lost, the same way for both.
+
 A reader that lost events (or a new one) rebuilds its view from a
 :class:`Relist`, the root's state as typed events at one position of its log,
 and reads on from there. :class:`EventSource` is everything a consumer needs
@@ -16,61 +23,155 @@ from __future__ import annotations
 
 import secrets
 import threading
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from .events import EventKind, RootEvent
 from .rootspec import RootSpec
 
+# What an event costs in the log, in bytes as tracemalloc counts them (CPython 3.11;
+# measured by bench/changelog.py, which prints how close the estimate comes). Every
+# event: its 35-slot tuple (328), its own seq and ts (56), its ring slot and size
+# record (12). A join also brings in its process's pid and start_ticks (which the
+# process's later events share), its ppid and started_at; an instance's join, its
+# ancestors. A class event may bring in the other process's pid and start, and a
+# zombie's seconds.
+EVENT_BYTES = 396
+_KIND_BYTES = {kind: EVENT_BYTES for kind in EventKind} | {
+    EventKind.JOINED: EVENT_BYTES + 88,
+    EventKind.CLASS: EVENT_BYTES + 32,
+}
+_ANCESTORS_BYTES = 40  # the tuple; each Ancestor (a 5-slot tuple) adds 8 + 80
+_ANCESTOR_BYTES = 88
+# a str: 49 bytes and one per character when ASCII, up to 4 per character otherwise
+_STR_BYTES, _WIDE_STR_BYTES = 49, 80
+_JOINED, _EXEC = EventKind.JOINED, EventKind.EXEC  # an enum's attribute costs a lookup
+
+
+def event_bytes(ev: RootEvent) -> int:
+    """An estimate of the memory ``ev`` holds in a change log, O(1) (about 0.2 us).
+
+    The strings counted are those a process's events bring in: a join's exe and
+    command line, an exec's new comm, exe and command line. The comm every event
+    carries, a class event's other comm and an exec's previous strings are the
+    process's (or its parent's) already, and are not counted again. A forked
+    child's exe and command line are its parent's strings, counted all the same:
+    the estimate errs high, by 4 to 7% on the storms bench/changelog.py measures.
+    """
+    kind = ev.kind
+    if kind is _JOINED:
+        n = _KIND_BYTES[kind]
+        for s in (ev.exe, ev.cmdline):
+            if s is not None:
+                n += _STR_BYTES + len(s) if s.isascii() else _WIDE_STR_BYTES + 4 * len(s)
+        ancestors = ev.ancestors
+        if ancestors:
+            n += _ANCESTORS_BYTES + _ANCESTOR_BYTES * len(ancestors)
+        return n
+    if kind is _EXEC:
+        n = _KIND_BYTES[kind]
+        for s in (ev.comm, ev.exe, ev.cmdline):
+            if s is not None:
+                n += _STR_BYTES + len(s) if s.isascii() else _WIDE_STR_BYTES + 4 * len(s)
+        return n
+    return _KIND_BYTES[kind]
+
 
 class ChangeLog:
-    """One root's events, newest ``capacity`` kept. Appended by one thread, read by any."""
+    """One root's events: the newest ``capacity`` (``max_events``) kept, and no more
+    than ``max_bytes`` of them (estimated, :func:`event_bytes`; None: no byte bound),
+    whichever is less (the newest event is always kept). Appended by one thread, read
+    by any."""
 
-    def __init__(self, root: str, capacity: int) -> None:
+    def __init__(self, root: str, capacity: int, max_bytes: int | None = None) -> None:
         self.root = root
-        self.capacity = capacity
+        self.max_events = capacity
+        self.max_bytes = max_bytes
         self.seq = 0  # seq of the newest event; events are numbered from 1
         # tells this log from an earlier one of the same root (before a restart of the
         # exporter, or of the root by a reload), whose seqs meant other events
         self.epoch = secrets.token_hex(3)
-        self._ring: list[RootEvent] = []
+        self.bytes = 0  # estimated bytes of the events held
+        self._limit = max_bytes if max_bytes is not None else 1 << 62
+        self._bytes_bound = False  # the byte bound has dropped events
+        self._first = 1  # seq of the oldest event held
+        # slot (seq - 1) % max_events holds event seq, or None once dropped for bytes
+        self._ring: list[RootEvent | None] = []
+        self._sizes = array("I")  # each slot's event_bytes
+
+    @property
+    def capacity(self) -> int:
+        """How many events the log keeps: ``max_events``, or once the byte bound has
+        dropped some, as many as it holds now (what a reader has to keep up with)."""
+        return self.held if self._bytes_bound else self.max_events
 
     def append(self, event: RootEvent) -> None:
-        """Add ``event``, whose ``seq`` must be ``self.seq + 1``. Writer thread only."""
+        """Add ``event``, whose ``seq`` must be ``self.seq + 1``, dropping the oldest
+        events past either bound. Writer thread only; O(1) amortized."""
+        seq = event.seq
+        size = event_bytes(event)
         ring = self._ring
-        if len(ring) < self.capacity:
+        total = self.bytes + size
+        cap = self.max_events
+        if len(ring) < cap:
             ring.append(event)
+            self._sizes.append(size)
         else:
-            ring[(event.seq - 1) % self.capacity] = event
-        self.seq = event.seq  # published after the slot is written
+            slot = (seq - 1) % cap
+            if seq - self._first >= cap:  # the slot holds the oldest event: it falls off
+                total -= self._sizes[slot]
+                self._first = seq - cap + 1
+            ring[slot] = event
+            self._sizes[slot] = size
+        self.bytes = total
+        self.seq = seq  # published after the slot is written
+        if total > self._limit:
+            self._shed()
+
+    def _shed(self) -> None:
+        """Drop the oldest events until the rest fit ``max_bytes`` (the newest stays)."""
+        self._bytes_bound = True
+        ring, sizes, cap = self._ring, self._sizes, self.max_events
+        while self.bytes > self._limit and self._first < self.seq:
+            slot = (self._first - 1) % cap
+            self.bytes -= sizes[slot]
+            self._first += 1  # published before the slot is emptied
+            ring[slot] = None
 
     @property
     def first_seq(self) -> int:
         """The oldest seq still held (``seq + 1`` when empty)."""
-        return max(self.seq - len(self._ring) + 1, 1)
+        return self._first
+
+    @property
+    def held(self) -> int:
+        """How many events the log holds now."""
+        return self.seq - self._first + 1
 
     def since(self, after: int, limit: int | None = None) -> tuple[list[RootEvent], int]:
         """Events with seq > ``after`` in order (at most ``limit``), and how many of
-        those were lost (overwritten before they could be read). O(events returned)."""
+        those were lost (dropped before they could be read). O(events returned)."""
         end = self.seq
         if end <= after:
             return [], 0
-        cap = self.capacity
-        start = max(after + 1, end - min(len(self._ring), cap) + 1)
+        cap = self.max_events
+        start = min(max(after + 1, self._first), end + 1)
         if limit is not None:
             end = min(end, start + limit - 1)
         ring = self._ring
         out = [ring[(s - 1) % cap] for s in range(start, end + 1)]
-        # slots overwritten while we read hold newer events: drop up to the last such
+        # slots emptied or overwritten while we read: everything up to the last such
+        # was dropped meanwhile (drops go oldest first)
         bad = -1
         for i, ev in enumerate(out):
-            if ev.seq != start + i:
+            if ev is None or ev.seq != start + i:
                 bad = i
         if bad >= 0:
             out = out[bad + 1:]
         lost = (start - after - 1) + bad + 1
-        return out, lost
+        return cast("list[RootEvent]", out), lost  # no None is left in it
 
     def tail(self, n: int) -> list[RootEvent]:
         """The newest ``n`` events (fewer if the log holds fewer)."""

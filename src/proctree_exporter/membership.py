@@ -246,7 +246,8 @@ class Roots(TreeListener):
                 raise ValueError(f"root {spec.name!r} exists")
             if spec.select == "cgroup" and not self.tree.read_cgroups:
                 self.tree.enable_cgroups()
-            root = RootState(spec, Selector(spec), ChangeLog(spec.name, spec.change_log_size))
+            root = RootState(spec, Selector(spec), ChangeLog(spec.name, spec.change_log_size,
+                                                             spec.change_log_max_bytes))
             self.roots[spec.name] = root
             if instances is not None and spec.select == "pid":
                 wanted = set(instances)

@@ -623,6 +623,7 @@ def _root_spec() -> Schema:
         "max_tombstones": {"type": "integer", "minimum": 0},
         "zombie_grace_seconds": {"type": "number", "minimum": 0},
         "change_log_size": {"type": "integer", "minimum": 10},
+        "change_log_max_bytes": {"type": "integer", "minimum": 65536},
         "actions": _obj({"enabled": _BOOL, "dry_run": _BOOL,
                          "term_grace_seconds": {"type": "number", "minimum": 0},
                          "signal_zombie_parents": _BOOL}, []),

@@ -26,6 +26,7 @@ class RootSpec:
     max_tombstones: int = 1_000
     zombie_grace_s: float = 5.0
     change_log_size: int = 100_000
+    change_log_max_bytes: int = 64 << 20
     actions: ActionSpec = field(default_factory=ActionSpec)
     runtime: bool = False  # added at run time (write API, Python API), not by config.yaml
 
@@ -38,3 +39,5 @@ class RootSpec:
             re.compile(self.match)  # raises re.error, reported by config
         if self.change_log_size < 1:
             raise ValueError("change_log_size must be at least 1")
+        if self.change_log_max_bytes < 1:
+            raise ValueError("change_log_max_bytes must be at least 1")
