@@ -90,6 +90,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from proctree_exporter.control_client import UnixHTTPConnection  # the CLI's own client
+
 REPO = Path(__file__).resolve().parent.parent
 EXE = REPO / ".venv" / "bin" / "proctree-exporter"
 SLEEPERS_SRC = REPO / "bench" / "sleepers.c"
@@ -236,24 +238,6 @@ def cgroup2_mount() -> Path | None:
 # -- the daemon and its socket -----------------------------------------------------------------
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a Unix socket; requests carry ``Host: localhost``."""
-
-    def __init__(self, socket_path: str, timeout: float = HTTP_TIMEOUT_S) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 @dataclass(slots=True)
 class Reply:
     status: int
@@ -268,7 +252,7 @@ class Api:
     """One client's kept-alive connection to the write API socket."""
 
     def __init__(self, socket_path: str) -> None:
-        self.conn = UnixHTTPConnection(socket_path)
+        self.conn = UnixHTTPConnection(socket_path, HTTP_TIMEOUT_S)
         self.reconnects = 0
 
     def request(self, method: str, path: str, body: Any = None) -> Reply:

@@ -197,3 +197,17 @@ def assert_matches_proc(tree: PidTree, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail("tree differs from /proc: " + "; ".join(problems[:20]))
         time.sleep(0.1)
+
+
+def spawn_at_pid(janitor: Janitor, want: int, attempts: int = 50) -> subprocess.Popen[str]:
+    """Start ``sleep`` under exactly pid ``want`` (forced PID reuse) by writing
+    ns_last_pid just before forking; fail the test after ``attempts`` misses."""
+    for _ in range(attempts):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(want - 1))
+        p = janitor.spawn(["/bin/sleep", "60"])
+        if p.pid == want:
+            return p
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    pytest.fail(f"could not get pid {want} in {attempts} attempts")

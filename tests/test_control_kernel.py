@@ -30,7 +30,7 @@ import pytest
 from proctree_exporter import openapi
 from proctree_exporter.control import cgroup2_mount
 
-from .conftest import PYTHON, Janitor, read_lines, start_ticks, wait_for
+from .conftest import PYTHON, Janitor, read_lines, spawn_at_pid, start_ticks, wait_for
 from .daemon_helpers import EXE, Running, start_daemon, value
 from .test_openapi_kernel import check
 
@@ -193,7 +193,7 @@ def test_a_runtime_root_finds_its_orphans_and_a_kill_ends_exactly_its_tree(
     victim_start = live[victim]["start_ticks"]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: not alive(victim, victim_start), timeout=10)
-    stranger = _spawn_at_pid(janitor, victim)
+    stranger = spawn_at_pid(janitor, victim)
     out = api.checked("POST", "/api/v1/roots/{name}/processes/{pid}/kill",
                       f"/api/v1/roots/job/processes/{victim}/kill?start_ticks={victim_start}",
                       404)
@@ -235,18 +235,6 @@ def test_a_runtime_root_finds_its_orphans_and_a_kill_ends_exactly_its_tree(
     status, _, err = d.stop()
     assert status == 0, err
     assert 'msg="api write" who="unix:pid=' in err and "operation=kill_tree root=job" in err
-
-
-def _spawn_at_pid(janitor: Janitor, want: int, attempts: int = 50) -> subprocess.Popen[str]:
-    for _ in range(attempts):
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(want - 1))
-        p = janitor.spawn(["/bin/sleep", "300"])
-        if p.pid == want:
-            return p
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-    pytest.fail(f"could not get pid {want} in {attempts} attempts")
 
 
 def test_delete_with_kill_ends_the_tree_even_when_sigterm_is_ignored(

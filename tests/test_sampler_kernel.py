@@ -20,8 +20,7 @@ from proctree_exporter import procfs
 from proctree_exporter.identity import Identity
 from proctree_exporter.sampler import Sample, Sampler, SampleRound, sample
 
-from .conftest import PYTHON, REPO, Janitor, read_lines, start_ticks, wait_for
-from .test_tree_kernel import _spawn_at_pid
+from .conftest import PYTHON, REPO, Janitor, read_lines, spawn_at_pid, start_ticks, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -155,7 +154,7 @@ def test_a_reused_pid_is_reported_reused_and_the_stranger_not_sampled(janitor: J
     os.kill(old_pid, signal.SIGKILL)
     holder.wait(timeout=10)  # its `wait` returns and it exits: the pid is free
     wait_for(lambda: not os.path.exists(f"/proc/{old_pid}"))
-    stranger = _spawn_at_pid(janitor, old_pid)
+    stranger = spawn_at_pid(janitor, old_pid)
     r = sample([old])
     assert r.reused == {old}
     assert not r.samples and not r.vanished and not r.unreadable

@@ -15,9 +15,8 @@ import pytest
 from proctree_exporter import procfs
 from proctree_exporter.state import boot_id, decode
 
-from .conftest import Janitor, read_lines, start_ticks, wait_for
+from .conftest import Janitor, read_lines, spawn_at_pid, start_ticks, wait_for
 from .daemon_helpers import Running, start_daemon, value
-from .test_tree_kernel import _spawn_at_pid
 
 pytestmark = pytest.mark.kernel
 
@@ -123,7 +122,7 @@ def test_a_pid_reused_while_down_is_not_restored_onto_the_stranger(janitor: Jani
     old_start = start_ticks(victim)
     os.kill(victim, signal.SIGKILL)  # an orphan under PID 1 now: init reaps it
     wait_for(lambda: start_ticks(victim) is None, timeout=10)
-    stranger = _spawn_at_pid(janitor, victim)
+    stranger = spawn_at_pid(janitor, victim)
     assert start_ticks(victim) != old_start
 
     second = start_daemon(janitor, tmp_path, config(tmp_path))

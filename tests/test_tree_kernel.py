@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 
 import pytest
 
@@ -12,7 +11,7 @@ from proctree_exporter import procfs
 from proctree_exporter.collector import Collector
 from proctree_exporter.tree import LINEAGE_FORK, PidTree
 
-from .conftest import PYTHON, Janitor, find_node, read_lines, start_ticks, wait_for
+from .conftest import PYTHON, Janitor, find_node, read_lines, spawn_at_pid, start_ticks, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -141,19 +140,6 @@ def test_threads_are_counted_not_noded(live: tuple[PidTree, Collector], janitor:
     assert node.threads == 501
 
 
-def _spawn_at_pid(janitor: Janitor, want: int, attempts: int = 50) -> subprocess.Popen[str]:
-    """Start ``sleep`` under exactly pid ``want`` by writing ns_last_pid just before forking."""
-    for _ in range(attempts):
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(want - 1))
-        p = janitor.spawn(["/bin/sleep", "60"])
-        if p.pid == want:
-            return p
-        os.kill(p.pid, signal.SIGKILL)
-        p.wait()
-    pytest.fail(f"could not get pid {want} in {attempts} attempts")
-
-
 def test_forced_pid_reuse_makes_a_new_identity(live: tuple[PidTree, Collector],
                                                janitor: Janitor) -> None:
     tree, _ = live
@@ -165,7 +151,7 @@ def test_forced_pid_reuse_makes_a_new_identity(live: tuple[PidTree, Collector],
     assert old.parent is not None and old.parent.pid == old_parent.pid
     os.kill(old_pid, signal.SIGKILL)
     wait_for(lambda: old.reaped, timeout=10)
-    new_proc = _spawn_at_pid(janitor, old_pid)
+    new_proc = spawn_at_pid(janitor, old_pid)
     new = wait_for(lambda: (n := tree.get(old_pid)) is not None and n is not old and n)
     assert new.start_ticks != old.start_ticks or new.identity != old.identity
     assert new.parent is not None and new.parent.pid == os.getpid()

@@ -26,9 +26,8 @@ from typing import Any
 import bcrypt
 import pytest
 
-from .conftest import PYTHON, REPO, Janitor, read_lines, wait_for
+from .conftest import PYTHON, REPO, Janitor, read_lines, spawn_at_pid, wait_for
 from .daemon_helpers import free_port, start_daemon
-from .test_watch_kernel import _spawn_at_pid
 from .test_web_config import Pki, pki  # noqa: F401 - the certificate fixture
 
 pytestmark = pytest.mark.kernel
@@ -304,7 +303,7 @@ def test_tree_page_shows_children_orphans_zombies_and_filters(janitor: Janitor, 
     assert "zombie" in z["text"]
 
     # the exited `true` hands its pid to a stranger: its tombstone says pid reused
-    _spawn_at_pid(janitor, done)
+    spawn_at_pid(janitor, done)
     reused = wait_for(lambda: (r := row(browser, done)) and r["cls"] == "pid_reused" and r,
                       timeout=10)
     assert "pid reused" in reused["text"]

@@ -23,7 +23,7 @@ from proctree_exporter.membership import Roots
 from proctree_exporter.rootspec import RootSpec
 from proctree_exporter.tree import PidTree, TreeListener
 
-from .conftest import PYTHON, Janitor, find_node, read_lines, wait_for
+from .conftest import PYTHON, Janitor, find_node, read_lines, spawn_at_pid, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -248,18 +248,6 @@ def test_zombie_class_after_the_grace_names_its_parent(tree: PidTree, janitor: J
     assert f"parent PID {holder.pid} (python" in change.reason and "has not reaped" in change.reason
 
 
-def _spawn_at_pid(janitor: Janitor, want: int) -> subprocess.Popen[str]:
-    for _ in range(50):
-        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
-            f.write(str(want - 1))
-        p = janitor.spawn(["/bin/sleep", "60"])
-        if p.pid == want:
-            return p
-        p.kill()
-        p.wait()
-    pytest.fail(f"could not get pid {want}")
-
-
 def test_a_stranger_under_a_reused_pid_is_never_a_member(tree: PidTree, janitor: Janitor) -> None:
     holder = janitor.spawn("sleep 60 & echo $!; wait")
     (kid,) = (int(x) for x in read_lines(holder, 1))
@@ -270,7 +258,7 @@ def test_a_stranger_under_a_reused_pid_is_never_a_member(tree: PidTree, janitor:
     assert kid in pids(watcher.observe())
     os.kill(kid, signal.SIGKILL)
     settle(watcher, lambda o: kid not in pids(o) and any(t.pid == kid for t in o.tombstones))
-    stranger = _spawn_at_pid(janitor, kid)
+    stranger = spawn_at_pid(janitor, kid)
     obs = settle(watcher, lambda o: any(t.cls == PID_REUSED for t in o.tombstones))
     assert stranger.pid not in pids(obs)
     assert kid not in {m.pid for m in obs.delta.added}
@@ -366,7 +354,7 @@ def test_a_pid_reused_between_check_and_signal_is_left_alone(janitor: Janitor) -
     # identity is (pid, start in 10 ms clock ticks): only a forced reuse inside the
     # same tick could collide, so leave a few ticks between the two
     time.sleep(0.05)
-    stranger = _spawn_at_pid(janitor, victim.pid)
+    stranger = spawn_at_pid(janitor, victim.pid)
     assert send_to_identity(Identity(victim.pid, start), signal.SIGKILL) == IDENTITY_CHANGED
     time.sleep(0.1)
     assert stranger.poll() is None, "the stranger holding the reused pid was signalled"
