@@ -41,6 +41,11 @@ Every process it starts is ended by pid in a ``finally`` block.
 Usage (root)::
 
     python3 bench/scrape.py [--sizes 1000,10000,20000] [--window 20] [--no-bootstrap]
+                            [--targets proctree_100,process_exporter]
+
+``--targets`` measures only some exporters (keys: proctree_10, proctree_100,
+process_exporter, node_defaults, node_processes); the ratios need the anchors
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -731,8 +736,9 @@ def measure_target(t: Target, groups: list[Group], tmp: Path, window_s: float,
 
 def measure_size(host_size: int, binary: Path, tmp: Path, window_s: float,
                  started_groups: list[Group], started_ex: list[Exporter],
-                 deadline: Deadline, notes: list[str]) -> dict[str, Any]:
-    """Fill the host to ``host_size`` processes, measure every target, empty it again."""
+                 deadline: Deadline, notes: list[str],
+                 targets: tuple[Target, ...] = TARGETS) -> dict[str, Any]:
+    """Fill the host to ``host_size`` processes, measure ``targets``, empty it again."""
     groups = start_groups(binary, host_size, started_groups)
     try:
         sizes = [g.count for g in groups]
@@ -747,7 +753,7 @@ def measure_size(host_size: int, binary: Path, tmp: Path, window_s: float,
         print(f"  {res['host_processes']:,} processes in /proc ({res['sleepers']:,} sleepers "
               f"in {GROUPS} groups); the host-state walk takes {res['walk_ms_in_bench']:.0f} "
               f"ms here", flush=True)
-        for t in TARGETS:
+        for t in targets:
             if deadline.left() < 120:
                 notes.append(f"{host_size:,}: skipped {t.label}: run time bound reached")
                 continue
@@ -910,9 +916,17 @@ def main(argv: list[str] | None = None) -> int:
                          "90 s); proctree-exporter always gets one sample interval + 5 s")
     ap.add_argument("--no-bootstrap", action="store_true",
                     help="skip scripts/bootstrap bench (already done)")
+    ap.add_argument("--targets", default=",".join(t.key for t in TARGETS),
+                    help="exporters to measure, comma-separated keys (default: all of "
+                         + ", ".join(t.key for t in TARGETS) + ")")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    keys = args.targets.split(",")
+    unknown = sorted(set(keys) - {t.key for t in TARGETS})
+    if unknown:
+        ap.error(f"unknown --targets {', '.join(unknown)}")
+    targets = tuple(t for t in TARGETS if t.key in keys)
     if os.geteuid() != 0:
         print("scrape: needs root (the proc connector, and filling the host)", file=sys.stderr)
         return 2
@@ -940,6 +954,8 @@ def main(argv: list[str] | None = None) -> int:
             "node_exporter": tool_version([NODE_EXPORTER, "--version"]),
         },
         "baseline_processes": proc_count(),
+        "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+        "targets_measured": [t.key for t in targets],
         "source_fingerprint": source_fingerprint(),
         "notes": notes,
     }
@@ -953,7 +969,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"host size {size:,} ...", flush=True)
                 try:
                     results.append(measure_size(size, binary, tmp, args.window,
-                                                started_groups, started_ex, deadline, notes))
+                                                started_groups, started_ex, deadline, notes,
+                                                targets))
                 except (RuntimeError, TimeoutError, EOFError) as exc:
                     # e.g. other work already fills the host past this size
                     notes.append(f"{size:,} processes not measured: {exc}")

@@ -28,6 +28,7 @@ from . import __version__, ui
 from .classification import HEALTHY, ORPHANED, ZOMBIE
 from .control import ControlError, Controller, ControlStats
 from .events import EventKind, RootEvent
+from .export.exposition import make_wsgi_app as exposition_app
 from .httpserver import SERVER_SOFTWARE, Peer
 from .identity import Identity
 from .mirror import MemberInfo, Mirrors, RootMirror
@@ -64,7 +65,9 @@ class App:
                  control: Callable[[], Controller | None] = lambda: None,
                  write: ApiWriteConfig | None = None,
                  control_stats: ControlStats | None = None) -> None:
-        self.metrics_app = make_wsgi_app(registry)
+        # /metrics: the usual formats written with each root's lines kept from scrape to
+        # scrape (export/exposition.py); prometheus_client's own app answers the rest
+        self.metrics_app = exposition_app(registry, make_wsgi_app(registry))
         self._control = control
         self._write_cfg = write
         self._socket_uids = frozenset(write.uids) if write is not None else frozenset()

@@ -1,16 +1,22 @@
 """A prometheus_client Collector that builds every family from one :class:`Snapshot`.
 
 Each scrape takes one snapshot (O(roots)) and formats it; concurrent scrapes
-each take their own. Families are built fresh per scrape, so a root removed
-by a reload disappears from /metrics at once. No family carries a ``pid``
-label: per-process detail belongs to the JSON API and OpenTelemetry.
+each take their own. Families are built per scrape from that snapshot alone,
+so a root removed by a reload disappears from /metrics at once; only the text
+of each root's lines is kept from one scrape to the next, for as long as the
+root's numbers are the same. No family carries a ``pid`` label: per-process
+detail belongs to the JSON API and OpenTelemetry.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import chain
+from typing import Generic, TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -19,103 +25,229 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from ..classification import LIVE_CLASSES
 from ..resources import FIELDS as RESOURCE_FIELDS
-from ..resources import UNACCOUNTED_REASONS
-from ..snapshot import Snapshot
+from ..resources import UNACCOUNTED_REASONS, RootResources
+from ..snapshot import RootSnapshot, Snapshot
 from ..state import IGNORE_REASONS
 from ..stream import DROP_REASONS
 from ..tree import DROP_EXITED, DROP_INCONSISTENT, DROP_PID_REUSED
+from .exposition import RenderedFamily, sample_line
 
 
 def families(snap: Snapshot) -> Iterator[Metric]:
     """Every metric family for ``snap``, in a stable order."""
-    yield from _root_families(snap)
+    return _families(snap, _built(ROOT_FAMILIES), _built(RESOURCE_ROOT_FAMILIES))
+
+
+def _families(snap: Snapshot, roots: PerRoot[RootSnapshot],
+              resources: PerRoot[RootResources]) -> Iterator[Metric]:
+    yield from roots(snap.roots)
     yield from _host_families(snap)
     yield from _self_families(snap)
     yield from _otel_families(snap)
     yield from _stream_families(snap)
     yield from _state_families(snap)
-    yield from _resource_families(snap)
+    yield from _resource_families(snap, resources)
     yield from _control_families(snap)
 
 
-def _root_families(snap: Snapshot) -> Iterator[Metric]:
-    roots = snap.roots
-    up = GaugeMetricFamily("proctree_root_up",
-                           "1 while at least one process matching the root is alive.",
-                           labels=["root"])
-    instances = GaugeMetricFamily("proctree_root_instances",
-                                  "Live processes matching the root's selector (nested "
-                                  "matches count once).", labels=["root"])
-    start = GaugeMetricFamily("proctree_root_start_time_seconds",
-                              "Start time of the newest live root instance, seconds since "
-                              "the epoch.", labels=["root"])
-    procs = GaugeMetricFamily("proctree_root_processes",
-                              "Live members of the root's tree by class (zombie: exited, "
-                              "unreaped past the grace).", labels=["root", "class"])
-    spawned = CounterMetricFamily("proctree_root_spawned",
-                                  "Processes that joined the root's tree, short-lived "
-                                  "included.", labels=["root"])
-    exited = CounterMetricFamily("proctree_root_exited",
-                                 "Processes that left the root's tree (exited).",
-                                 labels=["root"])
-    restarts = CounterMetricFamily("proctree_root_restarts",
-                                   "Times a root instance was replaced by a new identity.",
-                                   labels=["root"])
-    reuse = CounterMetricFamily("proctree_root_pid_reuse",
-                                "Exited members whose pid was given to another process.",
-                                labels=["root"])
-    actions = CounterMetricFamily("proctree_root_actions",
-                                  "Signals sent (or, in dry run, not sent) to members, by "
-                                  "action and outcome.", labels=["root", "action", "outcome"])
-    changes = CounterMetricFamily("proctree_root_class_changes",
-                                  "Members that changed to a class.", labels=["root", "class"])
-    depth = GaugeMetricFamily("proctree_root_max_depth",
-                              "Deepest live member, in generations below its instance.",
-                              labels=["root"])
-    truncated = GaugeMetricFamily("proctree_root_truncated",
-                                  "1 when the root has more members than max_members lists.",
-                                  labels=["root"])
-    tombstones = GaugeMetricFamily("proctree_root_tombstones",
-                                   "Exited members kept for inspection.", labels=["root"])
-    exact = GaugeMetricFamily("proctree_root_confidence_exact",
-                              "1 when every live member below an instance was placed by a "
-                              "fork event; 0 (degraded) when /proc placed some (see "
-                              "proctree_root_inferred_members).", labels=["root"])
-    inferred = GaugeMetricFamily("proctree_root_inferred_members",
-                                 "Live members placed by /proc rather than a fork event, by "
-                                 "how: snapshot (present at start), resync (after lost "
-                                 "events), late, poll.", labels=["root", "source"])
-    runtime = GaugeMetricFamily("proctree_root_runtime",
-                                "1 for a root added at run time (write API), 0 for one of "
-                                "config.yaml.", labels=["root"])
-    for r in roots:
-        n = [r.name]
-        up.add_metric(n, 1.0 if r.up else 0.0)
-        instances.add_metric(n, r.instances)
-        if r.start_time is not None:
-            start.add_metric(n, r.start_time)
-        for cls in LIVE_CLASSES:
-            procs.add_metric([r.name, cls], r.classes.get(cls, 0))
-        spawned.add_metric(n, r.spawned_total)
-        exited.add_metric(n, r.exited_total)
-        restarts.add_metric(n, r.restarts_total)
-        reuse.add_metric(n, r.pid_reuse_total)
-        for (action, outcome), count in sorted(r.actions.items()):
-            actions.add_metric([r.name, action, outcome], count)
-        for cls, count in sorted(r.class_changes.items()):
-            changes.add_metric([r.name, cls], count)
-        depth.add_metric(n, r.max_depth)
-        truncated.add_metric(n, 1.0 if r.truncated else 0.0)
-        tombstones.add_metric(n, r.tombstones)
-        exact.add_metric(n, 0.0 if r.inferred else 1.0)
-        for source, count in sorted(r.inferred.items()):
-            inferred.add_metric([r.name, source], count)
-        runtime.add_metric(n, 1.0 if r.runtime else 0.0)
-    yield from (up, instances, start, procs, spawned, exited, restarts, reuse, actions, changes,
-                depth, truncated, tombstones, exact, inferred, runtime)
+# -- the families with a `root` label ------------------------------------------------------
+#
+# Most of /metrics is these: one group of lines per root and family (about 14 lines a root).
+# Each family is declared once, below, and built two ways from the same declaration:
+# plainly, with prometheus_client's families (:func:`families`, which OpenTelemetry and the
+# golden file read), and per root with its lines kept while the root's record is unchanged
+# (:class:`SnapshotCollector`, which /metrics serves): most roots are the same scrape after
+# scrape, and formatting their lines again was two thirds of a 100-root scrape.
+
+R = TypeVar("R", RootSnapshot, RootResources)
+# the values of the labels after ``root``, and the value
+Values = tuple[tuple[str, ...], float]
+_LEGACY_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class RootFamily(Generic[R]):
+    """A family with a ``root`` label first: ``samples`` gives one root's samples."""
+
+    name: str
+    kind: str  # gauge | counter
+    documentation: str
+    labels: tuple[str, ...]  # after root
+    samples: Callable[[R], Iterable[Values]]
+
+    def __post_init__(self) -> None:
+        # the lines kept per root are written for legacy names (exposition.sample_line)
+        for name in (self.name, *self.labels):
+            if not _LEGACY_NAME.fullmatch(name):
+                raise ValueError(f"{self.name}: {name!r} is not a legacy metric or label name")
+
+    @property
+    def sample_name(self) -> str:
+        return self.name + "_total" if self.kind == "counter" else self.name
+
+    def family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        """An empty prometheus_client family for it."""
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        return cls(self.name, self.documentation, labels=["root", *self.labels])
+
+
+
+def _gauge(name: str, documentation: str, samples: Callable[[R], Iterable[Values]],
+           labels: tuple[str, ...] = ()) -> RootFamily[R]:
+    return RootFamily(name, "gauge", documentation, labels, samples)
+
+
+def _counter(name: str, documentation: str, samples: Callable[[R], Iterable[Values]],
+             labels: tuple[str, ...] = ()) -> RootFamily[R]:
+    return RootFamily(name, "counter", documentation, labels, samples)
+
+
+def _one(value: float) -> tuple[Values]:
+    return (((), value),)
+
+
+ROOT_FAMILIES: tuple[RootFamily[RootSnapshot], ...] = (
+    _gauge("proctree_root_up", "1 while at least one process matching the root is alive.",
+           lambda r: _one(1.0 if r.up else 0.0)),
+    _gauge("proctree_root_instances", "Live processes matching the root's selector (nested "
+           "matches count once).", lambda r: _one(r.instances)),
+    _gauge("proctree_root_start_time_seconds", "Start time of the newest live root instance, "
+           "seconds since the epoch.",
+           lambda r: () if r.start_time is None else _one(r.start_time)),
+    _gauge("proctree_root_processes", "Live members of the root's tree by class (zombie: "
+           "exited, unreaped past the grace).",
+           lambda r: [((cls,), r.classes.get(cls, 0)) for cls in LIVE_CLASSES], ("class",)),
+    _counter("proctree_root_spawned", "Processes that joined the root's tree, short-lived "
+             "included.", lambda r: _one(r.spawned_total)),
+    _counter("proctree_root_exited", "Processes that left the root's tree (exited).",
+             lambda r: _one(r.exited_total)),
+    _counter("proctree_root_restarts", "Times a root instance was replaced by a new identity.",
+             lambda r: _one(r.restarts_total)),
+    _counter("proctree_root_pid_reuse", "Exited members whose pid was given to another "
+             "process.", lambda r: _one(r.pid_reuse_total)),
+    _counter("proctree_root_actions", "Signals sent (or, in dry run, not sent) to members, by "
+             "action and outcome.", lambda r: sorted(r.actions.items()), ("action", "outcome")),
+    _counter("proctree_root_class_changes", "Members that changed to a class.",
+             lambda r: [((cls,), n) for cls, n in sorted(r.class_changes.items())], ("class",)),
+    _gauge("proctree_root_max_depth", "Deepest live member, in generations below its "
+           "instance.", lambda r: _one(r.max_depth)),
+    _gauge("proctree_root_truncated", "1 when the root has more members than max_members "
+           "lists.", lambda r: _one(1.0 if r.truncated else 0.0)),
+    _gauge("proctree_root_tombstones", "Exited members kept for inspection.",
+           lambda r: _one(r.tombstones)),
+    _gauge("proctree_root_confidence_exact", "1 when every live member below an instance was "
+           "placed by a fork event; 0 (degraded) when /proc placed some (see "
+           "proctree_root_inferred_members).", lambda r: _one(0.0 if r.inferred else 1.0)),
+    _gauge("proctree_root_inferred_members", "Live members placed by /proc rather than a fork "
+           "event, by how: snapshot (present at start), resync (after lost events), late, "
+           "poll.", lambda r: [((src,), n) for src, n in sorted(r.inferred.items())],
+           ("source",)),
+    _gauge("proctree_root_runtime", "1 for a root added at run time (write API), 0 for one of "
+           "config.yaml.", lambda r: _one(1.0 if r.runtime else 0.0)),
+)
+
+_F = {f: i for i, f in enumerate(RESOURCE_FIELDS)}
+
+
+def _fields(r: RootResources, *pairs: tuple[str, str]) -> list[Values]:
+    """For each ``(label value, field)`` pair, that field of ``r.counters``."""
+    return [((label,), r.counters[_F[field]]) for label, field in pairs]
+
+
+RESOURCE_ROOT_FAMILIES: tuple[RootFamily[RootResources], ...] = (
+    _counter("proctree_root_cpu_seconds", "CPU time of the root's processes, exited ones "
+             "included (at exit, from the kernel's taskstats record), by mode.",
+             lambda r: [(mode, us / 1e6) for mode, us in _fields(
+                 r, ("user", "cpu_user_us"), ("system", "cpu_system_us"))], ("mode",)),
+    _counter("proctree_root_io_bytes", "Storage IO of the root's processes: bytes read from "
+             "devices and dirtied for writing (/proc/PID/io read_bytes, write_bytes).",
+             lambda r: _fields(r, ("read", "read_bytes"), ("write", "write_bytes")),
+             ("direction",)),
+    _counter("proctree_root_context_switches", "Context switches of the root's processes, by "
+             "kind (live processes: main thread; exited: every thread).",
+             lambda r: _fields(r, ("voluntary", "voluntary_ctx_switches"),
+                               ("involuntary", "involuntary_ctx_switches")), ("kind",)),
+    _counter("proctree_root_page_faults", "Page faults of the root's processes, by kind.",
+             lambda r: _fields(r, ("minor", "minor_faults"), ("major", "major_faults")),
+             ("kind",)),
+    _gauge("proctree_root_memory_rss_bytes", "Resident memory of the root's live processes, "
+           "summed (shared pages count once per process).", lambda r: _one(r.rss_bytes)),
+    _gauge("proctree_root_memory_pss_bytes", "Proportional set size of the root's live "
+           "processes, summed (resources.pss).",
+           lambda r: () if r.pss_bytes is None else _one(r.pss_bytes)),
+    _gauge("proctree_root_open_fds", "Open file descriptors of the root's live processes.",
+           lambda r: _one(r.open_fds)),
+    _gauge("proctree_root_threads", "Threads of the root's live processes.",
+           lambda r: _one(r.threads)),
+    _gauge("proctree_root_sampled_processes", "Live processes of the root with a resource "
+           "sample.", lambda r: _one(r.sampled)),
+)
+
+# what builds the families of ROOT_FAMILIES (or RESOURCE_ROOT_FAMILIES) from the roots' records
+PerRoot = Callable[[Sequence[R]], Iterable[Metric]]
+
+
+def _built(specs: tuple[RootFamily[R], ...]) -> PerRoot[R]:
+    """Plain prometheus_client families, built afresh: the reference for the kept lines."""
+    def build(records: Sequence[R]) -> Iterator[Metric]:
+        for spec in specs:
+            fam = spec.family()
+            for r in records:
+                for values, value in spec.samples(r):
+                    fam.add_metric([r.name, *values], value)
+            yield fam
+    return build
+
+
+# one root's samples and their lines, per family of the specs
+_Row = tuple[tuple[tuple[Sample, ...], bytes], ...]
+
+
+class KeptLines(Generic[R]):
+    """The families of ``specs`` with each root's lines kept until its record changes.
+
+    Records are frozen (dataclasses, named tuples) and compared by value: an unchanged
+    root costs one comparison, a changed one is rendered again. The kept rows are never
+    changed in place, only replaced whole, so concurrent scrapes need no lock: each reads
+    one consistent dict, and the last to finish leaves its own behind.
+    """
+
+    def __init__(self, specs: tuple[RootFamily[R], ...]) -> None:
+        self._specs = specs
+        self._kept: dict[str, tuple[R, _Row]] = {}
+        # roots rendered since start, the others' lines were kept (a figure for tests:
+        # concurrent scrapes may lose a count)
+        self.rendered = 0
+
+    def __call__(self, records: Sequence[R]) -> list[Metric]:
+        kept = self._kept
+        fresh: dict[str, tuple[R, _Row]] = {}
+        rows = []
+        for r in records:
+            hit = kept.get(r.name)
+            row = hit[1] if hit is not None and (hit[0] is r or hit[0] == r) else self._row(r)
+            fresh[r.name] = (r, row)
+            rows.append(row)
+        self._kept = fresh  # roots gone since the last scrape are dropped with the old dict
+        return [RenderedFamily(spec.name, spec.documentation, spec.kind,
+                               list(chain.from_iterable([row[i][0] for row in rows])),
+                               b"".join([row[i][1] for row in rows]))
+                for i, spec in enumerate(self._specs)]
+
+    def _row(self, r: R) -> _Row:
+        self.rendered += 1
+        row = []
+        for spec in self._specs:
+            samples = tuple(Sample(spec.sample_name,
+                                   {"root": r.name, **dict(zip(spec.labels, values, strict=True))},
+                                   value)
+                            for values, value in spec.samples(r))
+            row.append((samples, "".join([sample_line(s) for s in samples]).encode()))
+        return tuple(row)
 
 
 def _host_families(snap: Snapshot) -> Iterator[Metric]:
@@ -335,61 +467,14 @@ def _state_families(snap: Snapshot) -> Iterator[Metric]:
                             value=int(st.counters_continued))
 
 
-def _resource_families(snap: Snapshot) -> Iterator[Metric]:
+def _resource_families(snap: Snapshot, per_root: PerRoot[RootResources]) -> Iterator[Metric]:
     """What each root's processes cost (only while resources.enabled is on)."""
     res = snap.resources
     if res is None:
         return
-    shown = res.last_round_wall is not None  # before the first sample round, no figures:
-    # a counter shown as 0 and then as the running members' totals would read as a spike
-    c = {f: i for i, f in enumerate(RESOURCE_FIELDS)}
-    cpu = CounterMetricFamily("proctree_root_cpu_seconds",
-                              "CPU time of the root's processes, exited ones included (at "
-                              "exit, from the kernel's taskstats record), by mode.",
-                              labels=["root", "mode"])
-    io = CounterMetricFamily("proctree_root_io_bytes",
-                             "Storage IO of the root's processes: bytes read from devices and "
-                             "dirtied for writing (/proc/PID/io read_bytes, write_bytes).",
-                             labels=["root", "direction"])
-    ctx = CounterMetricFamily("proctree_root_context_switches",
-                              "Context switches of the root's processes, by kind (live "
-                              "processes: main thread; exited: every thread).",
-                              labels=["root", "kind"])
-    faults = CounterMetricFamily("proctree_root_page_faults",
-                                 "Page faults of the root's processes, by kind.",
-                                 labels=["root", "kind"])
-    rss = GaugeMetricFamily("proctree_root_memory_rss_bytes",
-                            "Resident memory of the root's live processes, summed (shared "
-                            "pages count once per process).", labels=["root"])
-    pss = GaugeMetricFamily("proctree_root_memory_pss_bytes",
-                            "Proportional set size of the root's live processes, summed "
-                            "(resources.pss).", labels=["root"])
-    fds = GaugeMetricFamily("proctree_root_open_fds",
-                            "Open file descriptors of the root's live processes.",
-                            labels=["root"])
-    threads = GaugeMetricFamily("proctree_root_threads",
-                                "Threads of the root's live processes.", labels=["root"])
-    sampled = GaugeMetricFamily("proctree_root_sampled_processes",
-                                "Live processes of the root with a resource sample.",
-                                labels=["root"])
-    if shown:
-        for r in res.roots:
-            v = r.counters
-            cpu.add_metric([r.name, "user"], v[c["cpu_user_us"]] / 1e6)
-            cpu.add_metric([r.name, "system"], v[c["cpu_system_us"]] / 1e6)
-            io.add_metric([r.name, "read"], v[c["read_bytes"]])
-            io.add_metric([r.name, "write"], v[c["write_bytes"]])
-            ctx.add_metric([r.name, "voluntary"], v[c["voluntary_ctx_switches"]])
-            ctx.add_metric([r.name, "involuntary"], v[c["involuntary_ctx_switches"]])
-            faults.add_metric([r.name, "minor"], v[c["minor_faults"]])
-            faults.add_metric([r.name, "major"], v[c["major_faults"]])
-            rss.add_metric([r.name], r.rss_bytes)
-            if r.pss_bytes is not None:
-                pss.add_metric([r.name], r.pss_bytes)
-            fds.add_metric([r.name], r.open_fds)
-            threads.add_metric([r.name], r.threads)
-            sampled.add_metric([r.name], r.sampled)
-    yield from (cpu, io, ctx, faults, rss, pss, fds, threads, sampled)
+    # before the first sample round, no figures: a counter shown as 0 and then as the
+    # running members' totals would read as a spike
+    yield from per_root(res.roots if res.last_round_wall is not None else ())
     age = GaugeMetricFamily("proctree_resources_sample_age_seconds",
                             "Age of the last resource sample round (absent before the first).")
     if res.last_round_wall is not None:
@@ -426,17 +511,26 @@ def _le(bound: float) -> str:
 
 
 class SnapshotCollector(Collector):
-    """Registered once; every collect() takes a fresh snapshot."""
+    """Registered once; every collect() takes a fresh snapshot.
 
-    def __init__(self, take: Callable[[], Snapshot]) -> None:
+    The families with a ``root`` label come with their lines already rendered
+    (:class:`~.exposition.RenderedFamily`), each root's kept from the last scrape while
+    its record is unchanged; prometheus_client's encoders read their samples as usual.
+    """
+
+    def __init__(self, take: Callable[[], Snapshot],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._take = take
+        self._clock = clock
+        self.roots = KeptLines(ROOT_FAMILIES)
+        self.resources = KeptLines(RESOURCE_ROOT_FAMILIES)
 
     def describe(self) -> list[Metric]:
         return []  # no describe-time snapshot: registration must not touch the tree
 
     def collect(self) -> Iterator[Metric]:
-        t0 = time.monotonic()
-        yield from families(self._take())
+        t0 = self._clock()
+        yield from _families(self._take(), self.roots, self.resources)
         yield GaugeMetricFamily("proctree_scrape_duration_seconds",
                                 "Time to snapshot the state and build the families above.",
-                                value=time.monotonic() - t0)
+                                value=self._clock() - t0)
