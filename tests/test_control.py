@@ -61,6 +61,21 @@ def test_a_root_over_processes_older_than_the_exporter_is_degraded_until_they_go
     assert mirror.confidence() == (EXACT, {})
 
 
+def test_a_member_whose_fork_is_learnt_after_its_join_still_uncounts_at_exit() -> None:
+    # the tree may upgrade a node's lineage to "fork" after it joined (a late FORK);
+    # its exit must take back what its join counted, or the root stays degraded
+    h = Host()
+    h.spawn("job", comm="job")
+    h.spawn("old", "job", silent=True)
+    h.seed()
+    h.roots.add(RootSpec(name="r", select="comm", match="job"))
+    assert h.roots.confidence("r").inferred == {"snapshot": 1}
+    with h.tree.lock:
+        h.tree.get(h.pid("old")).lineage_source = "fork"
+    h.exit("old")
+    assert h.roots.confidence("r") == (EXACT, {})
+
+
 def test_an_instance_found_by_its_selector_does_not_degrade_its_root() -> None:
     h = Host()
     h.spawn("job", comm="job", silent=True)

@@ -136,8 +136,11 @@ class RootState:
     actions: dict[tuple[str, str], int] = field(default_factory=dict)  # (action, outcome)
     had_instance: bool = False
     cleanup: Cleanup = field(default_factory=Cleanup)
-    # live listed members below an instance whose lineage came from /proc, by source
+    # live listed members below an instance whose lineage came from /proc, by source,
+    # and each such member's source as it joined (the tree may learn its fork later:
+    # what the join counted is what its exit uncounts, as the mirrors see it)
     inferred: dict[str, int] = field(default_factory=dict)
+    inferred_at_join: dict[Node, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -565,6 +568,7 @@ class Roots(TreeListener):
             src = node.lineage_source
             if depth > 0 and src in INFERRED_LINEAGE:
                 root.inferred[src] = root.inferred.get(src, 0) + 1
+                root.inferred_at_join[node] = src
         root.log.append(self._joined(root, node, depth, ts, root.log.seq + 1))
         self._dirty = True
 
@@ -575,8 +579,8 @@ class Roots(TreeListener):
         if depth > 0 or root.spec.include_root:
             root.depth_counts[depth] -= 1
             root.n_listed -= 1
-            src = node.lineage_source
-            if depth > 0 and src in INFERRED_LINEAGE and root.inferred.get(src):
+            src = root.inferred_at_join.pop(node, None)
+            if src is not None:
                 root.inferred[src] -= 1
                 if not root.inferred[src]:
                     del root.inferred[src]
