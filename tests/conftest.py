@@ -211,3 +211,15 @@ def spawn_at_pid(janitor: Janitor, want: int, attempts: int = 50) -> subprocess.
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
     pytest.fail(f"could not get pid {want} in {attempts} attempts")
+
+
+def running(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` is a running process (not a zombie), and with ``start`` still
+    that process (within the tick a start derived from a fork event may differ by):
+    on a busy host a killed process's pid can go to someone else."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] not in "ZX" and (start is None or abs(int(fields[19]) - start) <= 1)

@@ -30,7 +30,7 @@ import pytest
 from proctree_exporter import openapi
 from proctree_exporter.control import cgroup2_mount
 
-from .conftest import PYTHON, Janitor, read_lines, spawn_at_pid, start_ticks, wait_for
+from .conftest import PYTHON, Janitor, read_lines, running, spawn_at_pid, start_ticks, wait_for
 from .daemon_helpers import EXE, Running, start_daemon, value
 from .test_openapi_kernel import check
 
@@ -102,17 +102,6 @@ class _Unix(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(30)
         self.sock.connect(self.path)
-
-
-def alive(pid: int, start: int | None = None) -> bool:
-    """Whether ``pid`` (with that start time, if given) is a running process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    # a start derived from a fork event's time is within a tick of /proc's
-    return fields[0] not in "ZX" and (start is None or abs(int(fields[19]) - start) <= 1)
 
 
 def write_config(sock: Path, *, users: str = "[]", extra: str = "") -> str:
@@ -192,13 +181,13 @@ def test_a_runtime_root_finds_its_orphans_and_a_kill_ends_exactly_its_tree(
     victim = orphans[0]
     victim_start = live[victim]["start_ticks"]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: not alive(victim, victim_start), timeout=10)
+    wait_for(lambda: not running(victim, victim_start), timeout=10)
     stranger = spawn_at_pid(janitor, victim)
     out = api.checked("POST", "/api/v1/roots/{name}/processes/{pid}/kill",
                       f"/api/v1/roots/job/processes/{victim}/kill?start_ticks={victim_start}",
                       404)
     assert out["key"] == "pid"
-    assert alive(stranger.pid), "a stranger holding a member's old pid is never signalled"
+    assert running(stranger.pid), "a stranger holding a member's old pid is never signalled"
     api.checked("POST", "/api/v1/roots/{name}/processes/{pid}/kill",
                 f"/api/v1/roots/job/processes/{child}/kill", 400)  # no start_ticks
 
@@ -208,7 +197,7 @@ def test_a_runtime_root_finds_its_orphans_and_a_kill_ends_exactly_its_tree(
                       f"?start_ticks={live[child]['start_ticks']}&grace_seconds=1", 200)
     assert (one["target"], one["complete"]) == ("process", True)
     assert [(p["pid"], p["outcome"]) for p in one["processes"]] == [(child, "exited")]
-    assert not alive(child, live[child]["start_ticks"]) and alive(job)
+    assert not running(child, live[child]["start_ticks"]) and running(job)
 
     # the whole tree: the instance and the orphan left, nothing else
     report = api.checked("POST", "/api/v1/roots/{name}/kill", "/api/v1/roots/job/kill", 200)
@@ -216,9 +205,9 @@ def test_a_runtime_root_finds_its_orphans_and_a_kill_ends_exactly_its_tree(
     assert {p["pid"] for p in report["processes"]} == {job, orphans[1]}
     assert {p["outcome"] for p in report["processes"]} == {"exited"}
     assert all(p["signals"] == ["SIGTERM"] for p in report["processes"])
-    wait_for(lambda: not alive(job, live[job]["start_ticks"])
-             and not alive(orphans[1], live[orphans[1]]["start_ticks"]), timeout=10)
-    assert alive(outsider) and alive(stranger.pid) and alive(holder.pid)
+    wait_for(lambda: not running(job, live[job]["start_ticks"])
+             and not running(orphans[1], live[orphans[1]]["start_ticks"]), timeout=10)
+    assert running(outsider) and running(stranger.pid) and running(holder.pid)
     # (documents are rebuilt at most every 0.5 s while a root changes)
     wait_for(lambda: (doc := api.checked("GET", "/api/v1/roots/{name}", "/api/v1/roots/job",
                                          200))["member_count"] == 0 and not doc["up"],
@@ -285,7 +274,7 @@ def test_a_cgroup_root_is_killed_through_cgroup_kill(janitor: Janitor, tmp_path:
         assert {p["outcome"] for p in report["processes"]} == {"killed"}
         assert all("cgroup.kill" in p["signals"] for p in report["processes"])
         wait_for(lambda: not (cg / "cgroup.procs").read_text().split(), timeout=10)
-        assert alive(outsider) and alive(holder.pid)
+        assert running(outsider) and running(holder.pid)
     finally:
         for pid in (cg / "cgroup.procs").read_text().split() if cg.exists() else ():
             os.kill(int(pid), signal.SIGKILL)

@@ -33,7 +33,7 @@ from proctree_exporter import (
     TreeNode,
 )
 
-from .conftest import REPO, Janitor, read_lines, wait_for
+from .conftest import REPO, Janitor, read_lines, running, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -244,18 +244,6 @@ SUBREAPER = (
 )
 
 
-def _running(pid: int, start: int | None = None) -> bool:
-    """Whether ``pid`` runs (and, with ``start``, is still that process: on a busy host
-    a killed member's pid can go to someone else within the test)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    # a start derived from a fork event's time is within a tick of /proc's
-    return fields[0] not in "ZX" and (start is None or abs(int(fields[19]) - start) <= 1)
-
-
 def test_a_root_kills_its_tree_and_says_how_sure_it_is(monitor: Monitor,
                                                        janitor: Janitor) -> None:
     holder = janitor.spawn([sys.executable, "-c", SUBREAPER,
@@ -279,8 +267,8 @@ def test_a_root_kills_its_tree_and_says_how_sure_it_is(monitor: Monitor,
         assert report.complete, report.doc()
         pids = {m.pid for m in obs.members.values()}
         assert {p["pid"] for p in report.processes} == pids - {one.pid}
-        assert not any(_running(m.pid, m.start_ticks) for m in obs.members.values())
-        assert _running(holder.pid), "the holder is not in the root: untouched"
+        assert not any(running(m.pid, m.start_ticks) for m in obs.members.values())
+        assert running(holder.pid), "the holder is not in the root: untouched"
 
 
 def test_a_root_over_processes_older_than_the_monitor_is_degraded(janitor: Janitor) -> None:
