@@ -487,6 +487,10 @@ def test_tree_page_resubscribes_after_reset_gap_cut_off_and_pause(
                       and s["resyncs"] == str(resyncs) and s, timeout=5)
         started = net.read(browser)
         assert f"{d.url}/api/v1/roots/ui-job" in polls(started), started
+        # the old stream's end reaches the browser's network log a moment after the page
+        # closed it
+        wait_for(lambda: (started.extend(net.read(browser)) or True)
+                 and len(net.open_streams()) == 1, timeout=3, interval=0.05)
         (stream,) = net.open_streams()
         assert stream["url"].endswith(f"&since=ui-job%3A{st['seq']}"), (stream, st)
         assert browser.js("return window.__streams.length") == streams
@@ -510,8 +514,9 @@ def test_tree_page_resubscribes_after_reset_gap_cut_off_and_pause(
     # paused: no stream, no polls; resumed: a fresh document and a stream again
     browser.click("#pause")
     wait_for(lambda: browser.status()["mode"] == "paused", timeout=2)
-    net.read(browser)
-    assert net.open_streams() == []
+    # the stream's end reaches the browser's network log a moment after the page closed it
+    wait_for(lambda: net.read(browser) is not None and net.open_streams() == [], timeout=3,
+             interval=0.05)
     send(holder, "spawn")
     sleeper, _ = (int(x) for x in read_lines(holder, 1)[0].split())
     janitor.track(sleeper)
