@@ -252,7 +252,12 @@ def test_a_root_kills_its_tree_and_says_how_sure_it_is(monitor: Monitor,
     janitor.track(job)
     monitor.catch_up()
     with monitor.attach("kill-me", pid=job) as root:
-        obs = wait_for(lambda: (o := root.observe()).classes.get("orphaned") == 2 and o)
+        # the whole job is there: two orphans, its live child, and itself exec'd (its last
+        # step, after it started the child)
+        obs = wait_for(lambda: (o := root.observe()).classes.get("orphaned") == 2
+                       and any(m.depth == 1 for m in o.members.values())
+                       and any(m.pid == job and m.comm == "sleep" for m in o.members.values())
+                       and o)
         assert root.confidence.level == "exact" and root.confidence.reason == ""
         assert isinstance(root.confidence, proctree_exporter.Confidence)
         for m in obs.members.values():
