@@ -33,7 +33,7 @@ from .actions import ActionOutcome, send_to_identity
 from .config import RootConfig
 from .identity import Identity
 from .membership import Roots, SavedRoot
-from .procfs import PROC
+from .procfs import PROC, AccessDenied, ProcessGone, read_cgroup
 from .rootspec import RootSpec
 from .tree import Node
 
@@ -153,16 +153,6 @@ def cgroup2_mount(proc: str = PROC) -> Path | None:
     return None
 
 
-def _own_cgroup(pid: int | str, proc: str = PROC) -> str | None:
-    try:
-        for line in Path(proc, str(pid), "cgroup").read_text().splitlines():
-            if line.startswith("0::"):
-                return line[3:]
-    except OSError:
-        pass
-    return None
-
-
 def _cgroup_kill(path: str) -> str | None:
     """Write ``cgroup.kill`` of cgroup ``path``; None when done, else why not."""
     mount = cgroup2_mount()
@@ -171,10 +161,13 @@ def _cgroup_kill(path: str) -> str | None:
     inside = path.rstrip("/")
     if not inside:
         return "the root cgroup cannot be killed"
-    for who in ("self", 1):  # never ourselves, never init
-        cg = _own_cgroup(who)
+    for pid, who in ((os.getpid(), "the exporter"), (1, "PID 1")):  # never us, never init
+        try:
+            cg = read_cgroup(pid)
+        except (ProcessGone, AccessDenied):
+            cg = None
         if cg is not None and (cg == inside or cg.startswith(inside + "/")):
-            return f"{'the exporter' if who == 'self' else 'PID 1'} is in that cgroup"
+            return f"{who} is in that cgroup"
     try:
         with open(mount / inside.lstrip("/") / "cgroup.kill", "w") as f:
             f.write("1")
