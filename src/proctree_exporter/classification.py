@@ -14,7 +14,7 @@ those facts, and nothing ever parses them back.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -115,6 +115,13 @@ class Confidence(NamedTuple):
     level: str  # EXACT or DEGRADED
     inferred: dict[str, int]  # live members by lineage source, for those not seen forking
 
+    @classmethod
+    def of_counts(cls, inferred: Mapping[str, int]) -> Confidence:
+        """The confidence of a root with ``inferred`` (lineage source -> live members
+        placed by /proc; sources with none left out)."""
+        counts = {src: n for src, n in inferred.items() if n}
+        return cls(DEGRADED if counts else EXACT, counts)
+
     @property
     def reason(self) -> str:
         """Why it is degraded, as a sentence ('' when exact)."""
@@ -141,4 +148,4 @@ def confidence_of(inferred: Iterable[str]) -> Confidence:
     counts: dict[str, int] = {}
     for src in inferred:
         counts[src] = counts.get(src, 0) + 1
-    return Confidence(DEGRADED if counts else EXACT, counts)
+    return Confidence.of_counts(counts)

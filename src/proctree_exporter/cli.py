@@ -21,7 +21,7 @@ import yaml
 
 from . import __version__
 from .capabilities import negotiate
-from .classification import EXACT, EXITED, INFERRED_LINEAGE, ORPHANED, ZOMBIE, confidence_of
+from .classification import EXACT, EXITED, INFERRED_LINEAGE, ORPHANED, ZOMBIE, Confidence
 from .collector import Collector
 from .config import Config, ConfigError, load_config
 from .control_client import DEFAULT_SOCKET, ApiError, ControlClient, Unreachable
@@ -334,7 +334,7 @@ class _Confidences:
     def lines(self, *, as_json: bool, show_root: bool) -> list[str]:
         out = []
         for root, counts in self.inferred.items():
-            conf = confidence_of(src for src, n in counts.items() for _ in range(n))
+            conf = Confidence.of_counts(counts)
             # an exact root is the quiet normal case: a line once it is degraded, and
             # when that changes
             if self.shown.get(root, EXACT) == conf.level:

@@ -32,8 +32,6 @@ from typing import NamedTuple
 from .actions import ActionOutcome, Cleanup, action_name, send_to_identity
 from .changelog import ChangeLog, Relist, Wakeup
 from .classification import (
-    DEGRADED,
-    EXACT,
     EXITED,
     HEALTHY,
     INFERRED_LINEAGE,
@@ -384,8 +382,7 @@ class Roots(TreeListener):
         ``degraded`` when some were placed by what /proc said: present before the
         exporter started (or restarted without state), picked up by a resync after
         lost events, first seen late, or polled."""
-        return Confidence(DEGRADED if self.roots[name].inferred else EXACT,
-                          dict(self.roots[name].inferred))
+        return Confidence.of_counts(self.roots[name].inferred)
 
     def kill_targets(self, name: str) -> list[Node]:
         """Root ``name``'s live listed members, shallowest first (tree lock held;
