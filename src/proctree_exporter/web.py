@@ -337,10 +337,11 @@ class App:
             body = build(m)
             bodies = self._bodies
             bodies[key] = (m, at, now, body)
-            if len(bodies) > 2 * len(m.source.root_names()) + 16:
+            watched = set(m.source.root_names())
+            if len(bodies) > 2 * len(watched) + 16:
                 # drop the bodies of roots no longer watched (runtime roots come and go)
                 for k in [k for k, v in bodies.items() if v[0].removed or v[0].ended
-                          or k[0] not in m.source.root_names()]:
+                          or k[0] not in watched]:
                     bodies.pop(k, None)
             return body
 
