@@ -101,8 +101,8 @@ class FakeProc:
                     stats.denied += 1
                 continue
             st = Stat(p.pid, p.comm, p.state, p.ppid, p.pid, p.pid, p.threads, p.start)
-            out.append(ProcessInfo(st, p.uid, p.cmdline, p.exe,
-                                   p.cgroup if kwargs.get("cgroup", True) else None))
+            out.append(ProcessInfo(st, p.uid, p.cmdline if kwargs.get("cmdline", True) else None,
+                                   p.exe, p.cgroup if kwargs.get("cgroup", True) else None))
         return out
 
 
@@ -110,7 +110,8 @@ class Host:
     """A pretend kernel with a PidTree and Roots listening to it."""
 
     def __init__(self, *specs: RootSpec, max_nodes: int = 50_000,
-                 tombstone_ttl_s: float = 300.0, boot: bool = True) -> None:
+                 tombstone_ttl_s: float = 300.0, boot: bool = True,
+                 read_cmdlines: bool = True) -> None:
         self.clock = ManualClock()
         self.procs: dict[int, Proc] = {}
         self.names: dict[str, int] = {}
@@ -120,6 +121,7 @@ class Host:
         self._next_pid = 100
         self._cpu_seq = 0
         self.tree = PidTree(max_nodes=max_nodes, tombstone_ttl_s=tombstone_ttl_s,
+                            read_cmdlines=read_cmdlines,
                             reader=self.reader, clock=self.clock)  # type: ignore[arg-type]
         if boot:
             self.procs[1] = Proc(1, 0, 1, "init", "/sbin/init", "/sbin/init")
@@ -145,13 +147,15 @@ class Host:
     def seed(self) -> None:
         """Seed the tree from this /proc, as the collector does at start."""
         with self.tree.lock:
-            self.tree.reconcile(self.reader.snapshot(cgroup=self.tree.read_cgroups),
+            self.tree.reconcile(self.reader.snapshot(cgroup=self.tree.read_cgroups,
+                                                     cmdline=self.tree.read_cmdlines),
                                 source="snapshot")
 
     def resync(self) -> None:
         """A /proc resync after lost events."""
         with self.tree.lock:
-            self.tree.reconcile(self.reader.snapshot(cgroup=self.tree.read_cgroups))
+            self.tree.reconcile(self.reader.snapshot(cgroup=self.tree.read_cgroups,
+                                                     cmdline=self.tree.read_cmdlines))
 
     def _event(self, cls: type, *fields: Any) -> None:
         self._cpu_seq += 1

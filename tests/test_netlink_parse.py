@@ -39,6 +39,28 @@ def test_every_event_type_parses() -> None:
     assert one(What.NONE, u("=I", 0)) == nl.AckEvent(1, 42, TS, 0)
 
 
+def test_the_kernels_own_shape_parses_the_same() -> None:
+    # the kernel sends the whole 24-byte union for every event; the records path
+    # reads it in one unpack and must give what the per-type layout gives
+    u = struct.pack
+    for what, data, expected in [
+        (What.FORK, u("=IIII", 10, 10, 11, 11), nl.ForkEvent(1, 42, TS, 10, 10, 11, 11)),
+        (What.EXEC, u("=II", 11, 11), nl.ExecEvent(1, 42, TS, 11, 11)),
+        (What.EXIT, u("=IIIIII", 11, 11, 0x0900, 17, 10, 10),
+         nl.ExitEvent(1, 42, TS, 11, 11, 0x0900, 17, 10, 10)),
+        (What.UID, u("=IIII", 11, 11, 0, 1000), nl.UidEvent(1, 42, TS, 11, 11, 0, 1000)),
+        (What.COMM, u("=II16s", 11, 11, b"sh\0"), nl.CommEvent(1, 42, TS, 11, 11, "sh")),
+        (What.NONE, u("=I", 0), nl.AckEvent(1, 42, TS, 0)),
+    ]:
+        msg = nl.build_event(what, data.ljust(24, b"\xff" if what != What.COMM else b"\0"),
+                             cpu=1, seq=42, ts_ns=TS)
+        assert len(msg) == 76  # as the kernel sends it
+        records = nl.parse_records(msg)
+        assert records == [expected.record()]
+        assert records[0][:4] == (int(what), 1, 42, TS)
+        assert nl.parse_datagram(msg) == [expected] == [nl.event_of(records[0])]
+
+
 def test_thread_events_say_so() -> None:
     fork = one(What.FORK, struct.pack("=IIII", 10, 10, 12, 11))
     exit_ = one(What.EXIT, struct.pack("=IIIIII", 12, 11, 0, 0, 10, 10))
@@ -110,6 +132,22 @@ def test_arbitrary_bytes_never_raise_anything_but_parse_error(data: bytes, nbyte
                               "bad_length", "spoofed", "unknown_event"}
     else:
         assert all(isinstance(e, nl.Event) for e in events)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.sampled_from(list(What)), st.binary(max_size=40), st.integers(0, 2**32 - 1))
+def test_records_and_typed_events_agree(what: What, body: bytes, seq: int) -> None:
+    data = nl.build_event(int(what), body, cpu=1, seq=seq, ts_ns=TS)
+    try:
+        records = nl.parse_records(data)
+    except nl.ParseError as exc:
+        with pytest.raises(nl.ParseError) as again:
+            nl.parse_datagram(data)
+        assert again.value.reason == exc.reason
+        return
+    events = nl.parse_datagram(data)
+    assert [ev.record() for ev in events] == records
+    assert [nl.event_of(r) for r in records] == events
 
 
 @settings(max_examples=2000, deadline=None)

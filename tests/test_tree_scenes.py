@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from proctree_exporter import netlink as nl
+from proctree_exporter.rootspec import RootSpec
 from proctree_exporter.tree import (
     LINEAGE_FORK,
     LINEAGE_LATE,
@@ -181,6 +182,67 @@ def test_deferred_exit_check_tells_reaped_from_zombie_and_waits_for_do_exit() ->
     h.reap("a")
     h.tick(1.1)  # zombies are rechecked every second
     assert a.reaped and h.tree.zombie_count == 0
+
+
+def test_an_exit_the_kernel_has_not_settled_is_rechecked_less_and_less_often() -> None:
+    h = Host()
+    h.spawn("a")
+    a = node(h, "a")
+    h.exit("a", reap=False)
+    h.procs[a.pid].state = "R"  # still in do_exit: a parent slow to reap, under load
+    stats = []
+    real_stat = h.reader.stat
+
+    def counting_stat(pid: int):  # type: ignore[no-untyped-def]
+        stats.append(pid)
+        return real_stat(pid)
+
+    h.reader.stat = counting_stat  # type: ignore[method-assign]
+    h.tick(2.0, rounds=200)  # the collector's housekeeping, every 10 ms for 2 s
+    # 20, 40, 80, 160 ms, then every 250 ms: not 200 stat reads
+    assert 8 <= len(stats) <= 12 and not a.reaped and a.zombie_ns is None
+    h.procs[a.pid].state = "Z"
+    h.tick(0.26, rounds=26)
+    assert a.zombie_ns is not None and h.tree.zombie_count == 1
+    h.reap("a")
+    h.tick(1.1, rounds=2)
+    assert a.reaped
+
+
+def test_an_exec_in_a_non_leader_thread_after_an_unsettled_exit_revives_the_process() -> None:
+    h = Host()
+    h.spawn("a")
+    a = node(h, "a")
+    h.exit("a", reap=False)
+    h.procs[a.pid].state = "R"
+    h.tick()  # checked once, not settled: waiting for its recheck
+    assert a.exited and not a.reaped
+    h.exec("a", "b")  # the leader's EXIT was a thread's: the process lives on
+    assert not a.exited and a.comm == "b"
+    h.tick(1.0, rounds=100)
+    assert not a.exited and not a.reaped
+
+
+def test_command_lines_are_read_only_while_a_root_needs_them() -> None:
+    h = Host(read_cmdlines=False)
+    h.spawn("a", comm="sleep", cmdline="sleep 100")
+    a = node(h, "a")
+    assert (a.comm, a.exe, a.cmdline) == ("sleep", "/usr/bin/sleep", None)
+    init = node(h, "init")
+    assert init.cmdline is None  # the seed skipped them too
+    h.roots.add(RootSpec(name="job", select="cmdline", match="^sleep"))
+    assert h.tree.read_cmdlines and a.cmdline == "sleep 100"  # read for the live ones now
+    assert [n.pid for n in h.roots.roots["job"].members] == [a.pid]
+    h.exec("a", "sleep", cmdline="sleep 200")
+    assert a.cmdline == "sleep 200"
+
+
+def test_comm_exe_and_cgroup_strings_are_shared_between_processes() -> None:
+    h = Host()
+    h.spawn("a", comm="worker", exe="/usr/bin/worker")
+    h.spawn("b", comm="worker", exe="/usr/bin/worker")
+    a, b = node(h, "a"), node(h, "b")
+    assert a.comm is b.comm and a.exe is b.exe
 
 
 def test_a_pid_reused_while_a_zombie_check_is_pending_buries_the_old_one() -> None:

@@ -47,11 +47,14 @@ LAG_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002
                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _LAG_BOUNDS_NS = [int(b * 1e9) for b in LAG_BUCKETS]
 _EVENT_NAMES = {
-    nl.ForkEvent: "fork", nl.ExecEvent: "exec", nl.ExitEvent: "exit", nl.CommEvent: "comm",
-    nl.UidEvent: "uid", nl.GidEvent: "gid", nl.SidEvent: "sid", nl.PtraceEvent: "ptrace",
-    nl.CoredumpEvent: "coredump", nl.AckEvent: "ack",
+    nl.What.FORK: "fork", nl.What.EXEC: "exec", nl.What.EXIT: "exit", nl.What.COMM: "comm",
+    nl.What.UID: "uid", nl.What.GID: "gid", nl.What.SID: "sid", nl.What.PTRACE: "ptrace",
+    nl.What.COREDUMP: "coredump", nl.What.NONE: "ack",
 }
 EVENT_TYPES = tuple(_EVENT_NAMES.values())
+_NAME_OF = {int(what): name for what, name in _EVENT_NAMES.items()}
+_ACK = int(nl.What.NONE)
+_CONSUMED = int(nl.CONSUMED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +256,8 @@ class Collector(threading.Thread):
         known = tree.known_starts()
         walk_stats = procfs.SnapshotStats()
         infos = tree.reader.snapshot(cmdline_max_chars=tree.cmdline_max_chars,
-                                     cgroup=tree.read_cgroups, known=known, stats=walk_stats)
+                                     cgroup=tree.read_cgroups, cmdline=tree.read_cmdlines,
+                                     known=known, stats=walk_stats)
         self.stats.snapshot_vanished += walk_stats.vanished
         self.stats.snapshot_denied += walk_stats.denied
         return infos
@@ -346,7 +350,7 @@ class Collector(threading.Thread):
         """
         stats = self.stats
         try:
-            events = nl.parse_datagram(buf, nbytes, sender)
+            records = nl.parse_records(buf, nbytes, sender)
         except nl.ParseError as exc:
             stats.parse_errors[exc.reason] = stats.parse_errors.get(exc.reason, 0) + 1
             log.debug("dropped datagram: %s", exc)
@@ -354,26 +358,29 @@ class Collector(threading.Thread):
         now = time.monotonic_ns()
         counts = stats.events
         lag = stats.lag
-        apply = self.tree.apply
-        last_seq = self._last_seq
-        for ev in events:
-            name = _EVENT_NAMES[type(ev)]
-            counts[name] += 1
-            if name == "ack":
+        apply = self.tree.apply_record
+        for rec in records:
+            what = rec[0]
+            counts[_NAME_OF[what]] += 1
+            if what == _ACK:
                 continue
             if self._check_seq:
-                prev = last_seq.get(ev.cpu)
-                if prev is not None:
-                    gap = (ev.seq - prev - 1) & 0xFFFFFFFF
-                    if 0 < gap < 0x80000000:
-                        stats.seq_gap_events += gap
-                        self.request_resync("seq_gap")
-                last_seq[ev.cpu] = ev.seq
-            elif stats.filtered and type(ev) not in _CONSUMED_TYPES:
+                self._check_gap(rec[1], rec[2])
+            elif not what & _CONSUMED and stats.filtered:
                 self._filter_not_honoured()
-            apply(ev)
-            lag.add(now - ev.ts_ns)
-        return len(events)
+            apply(rec)
+            lag.add(now - rec[3])
+        return len(records)
+
+    def _check_gap(self, cpu: int, seq: int) -> None:
+        """Count the events missing from ``cpu``'s sequence before ``seq``."""
+        prev = self._last_seq.get(cpu)
+        if prev is not None:
+            gap = (seq - prev - 1) & 0xFFFFFFFF
+            if 0 < gap < 0x80000000:
+                self.stats.seq_gap_events += gap
+                self.request_resync("seq_gap")
+        self._last_seq[cpu] = seq
 
     def _filter_not_honoured(self) -> None:
         """An event outside the filter arrived: the kernel ignored the filter."""
@@ -417,5 +424,3 @@ class Collector(threading.Thread):
             "vanished": res.vanished, "reused": res.reused, "reparented": res.reparented,
             "seconds": round(st.last_resync_s, 3)}})
 
-
-_CONSUMED_TYPES = (nl.ForkEvent, nl.ExecEvent, nl.ExitEvent, nl.CommEvent, nl.UidEvent)

@@ -70,6 +70,7 @@ def make_tree(cfg: Config) -> PidTree:
     t = cfg.tree
     return PidTree(max_nodes=t.max_nodes, tombstone_ttl_s=t.tombstone_ttl_seconds,
                    cmdline_max_chars=t.cmdline_max_chars, read_cgroups=t.read_cgroups,
+                   read_cmdlines=any(r.spec().needs_cmdline for r in cfg.roots),
                    reader=ProcFS(), clock=Clock())
 
 

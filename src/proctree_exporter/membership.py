@@ -247,6 +247,8 @@ class Roots(TreeListener):
                 raise ValueError(f"root {spec.name!r} exists")
             if spec.select == "cgroup" and not self.tree.read_cgroups:
                 self.tree.enable_cgroups()
+            if spec.needs_cmdline and not self.tree.read_cmdlines:
+                self.tree.enable_cmdlines()
             root = RootState(spec, Selector(spec), ChangeLog(spec.name, spec.change_log_size,
                                                              spec.change_log_max_bytes))
             self.roots[spec.name] = root

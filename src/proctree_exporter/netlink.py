@@ -7,10 +7,14 @@ Layout of one message (all host byte order)::
     proc_event what u32, cpu u32, timestamp_ns u64                      16
                event_data (union, what-specific)                    <= 24
 
-Parsing is pure (:func:`parse_datagram`: bytes in, frozen events out) and is
-driven by ``cn_msg.len``, so the shorter unions of older kernels (an EXIT
-without parent fields) still parse. :class:`ConnectorSocket` is the thin layer
-that touches the kernel.
+Parsing is pure and is driven by ``cn_msg.len``, so the shorter unions of older
+kernels (an EXIT without parent fields) still parse. It comes in two shapes:
+:func:`parse_records` gives each event as a plain tuple, ``(what, cpu, seq,
+ts_ns, *fields)`` with the fields in the order of the typed event, which is what
+the collector's hot path consumes (a tuple costs a fifth of a frozen dataclass,
+measured in bench/event_cost.py); :func:`parse_datagram` gives the same events
+as frozen dataclasses, for everything that is not counted in microseconds.
+:class:`ConnectorSocket` is the thin layer that touches the kernel.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import os
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import IntFlag
+from typing import ClassVar
 
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
@@ -62,6 +67,11 @@ CONSUMED = What.FORK | What.EXEC | What.UID | What.COMM | What.EXIT
 _NL = struct.Struct("=IHHII")
 _HEAD = struct.Struct("=IHHII IIIIHH IIQ")  # nlmsghdr + cn_msg + proc_event header
 _HEAD_LEN = _HEAD.size  # 52
+# What the kernel sends for every event: the header and the whole 24-byte union
+# (cn_msg.len is sizeof(struct proc_event) whatever the event), read in one go
+_FULL = struct.Struct("=IHHII IIIIHH IIQ IIIIII")
+_FULL_LEN = _FULL.size  # 76
+_UNION = _FULL_LEN - _HEAD_LEN
 _CN_OFF = _NL.size  # 16
 _EVENT_HDR = 16  # what, cpu, timestamp_ns
 _U32 = struct.Struct("=I")
@@ -78,14 +88,22 @@ _COMM = struct.Struct("=II16s")
 class Event:
     """Fields every proc event carries. ``ts_ns`` is CLOCK_MONOTONIC."""
 
+    what: ClassVar[int] = -1  # the proc_event.what of this type
+
     cpu: int
     seq: int
     ts_ns: int
+
+    def record(self) -> tuple:
+        """This event as :func:`parse_records` gives it: (what, cpu, seq, ts_ns, *fields)."""
+        return (self.what, *(getattr(self, f.name) for f in fields(self)))
 
 
 @dataclass(frozen=True, slots=True)
 class AckEvent(Event):
     """The kernel's answer to LISTEN/IGNORE; ``err`` is 0 on success."""
+
+    what: ClassVar[int] = int(What.NONE)
 
     err: int
 
@@ -93,6 +111,8 @@ class AckEvent(Event):
 @dataclass(frozen=True, slots=True)
 class ForkEvent(Event):
     """A new task. ``child_pid != child_tgid`` means a thread, not a process."""
+
+    what: ClassVar[int] = int(What.FORK)
 
     parent_pid: int
     parent_tgid: int
@@ -108,6 +128,8 @@ class ForkEvent(Event):
 class ExecEvent(Event):
     """A successful execve: argv, exe and comm must be read from /proc."""
 
+    what: ClassVar[int] = int(What.EXEC)
+
     pid: int
     tgid: int
 
@@ -115,6 +137,8 @@ class ExecEvent(Event):
 @dataclass(frozen=True, slots=True)
 class UidEvent(Event):
     """Real or effective uid changed."""
+
+    what: ClassVar[int] = int(What.UID)
 
     pid: int
     tgid: int
@@ -126,6 +150,8 @@ class UidEvent(Event):
 class GidEvent(Event):
     """Real or effective gid changed."""
 
+    what: ClassVar[int] = int(What.GID)
+
     pid: int
     tgid: int
     rgid: int
@@ -136,6 +162,8 @@ class GidEvent(Event):
 class SidEvent(Event):
     """setsid(): the process leads a new session."""
 
+    what: ClassVar[int] = int(What.SID)
+
     pid: int
     tgid: int
 
@@ -143,6 +171,8 @@ class SidEvent(Event):
 @dataclass(frozen=True, slots=True)
 class PtraceEvent(Event):
     """Attach (tracer set) or detach (tracer 0)."""
+
+    what: ClassVar[int] = int(What.PTRACE)
 
     pid: int
     tgid: int
@@ -154,6 +184,8 @@ class PtraceEvent(Event):
 class CommEvent(Event):
     """The task renamed itself (prctl PR_SET_NAME or /proc/PID/comm)."""
 
+    what: ClassVar[int] = int(What.COMM)
+
     pid: int
     tgid: int
     comm: str
@@ -162,6 +194,8 @@ class CommEvent(Event):
 @dataclass(frozen=True, slots=True)
 class CoredumpEvent(Event):
     """A core dump started. Parent fields are 0 on kernels that lack them."""
+
+    what: ClassVar[int] = int(What.COREDUMP)
 
     pid: int
     tgid: int
@@ -173,6 +207,8 @@ class CoredumpEvent(Event):
 class ExitEvent(Event):
     """A task exited. ``exit_code`` is a raw wait status; parent fields may be 0."""
 
+    what: ClassVar[int] = int(What.EXIT)
+
     pid: int
     tgid: int
     exit_code: int
@@ -183,6 +219,10 @@ class ExitEvent(Event):
     @property
     def is_thread(self) -> bool:
         return self.pid != self.tgid
+
+
+_ALL_EVENTS = (AckEvent, ForkEvent, ExecEvent, UidEvent, GidEvent, SidEvent, PtraceEvent,
+               CommEvent, CoredumpEvent, ExitEvent)
 
 
 def decode_wait_status(status: int) -> tuple[int | None, int | None, bool]:
@@ -207,53 +247,56 @@ class ParseError(ValueError):
         self.reason = reason
 
 
-def _body(what: int, cpu: int, seq: int, ts: int, data: bytes | bytearray | memoryview,
-          off: int, dlen: int) -> Event:
-    """One proc_event union member; ``dlen`` is the bytes the message carries for it."""
+def _fields(what: int, data: bytes | bytearray | memoryview, off: int, dlen: int) -> tuple:
+    """The fields of one proc_event union member, in the typed event's order;
+    ``dlen`` is the bytes the message carries for it."""
     if what == What.FORK:
         if dlen < 16:
             raise ParseError("bad_length", f"FORK needs 16 bytes of data, has {dlen}")
-        return ForkEvent(cpu, seq, ts, *_4U32.unpack_from(data, off))
+        return _4U32.unpack_from(data, off)
     if what == What.EXIT:
         if dlen >= 24:
-            return ExitEvent(cpu, seq, ts, *_6U32.unpack_from(data, off))
+            return _6U32.unpack_from(data, off)
         if dlen >= 16:  # kernels before the parent fields were added
-            return ExitEvent(cpu, seq, ts, *_4U32.unpack_from(data, off), 0, 0)
+            return (*_4U32.unpack_from(data, off), 0, 0)
         raise ParseError("bad_length", f"EXIT needs 16 bytes of data, has {dlen}")
     if what == What.EXEC:
         if dlen < 8:
             raise ParseError("bad_length", f"EXEC needs 8 bytes of data, has {dlen}")
-        return ExecEvent(cpu, seq, ts, *_2U32.unpack_from(data, off))
+        return _2U32.unpack_from(data, off)
     if what == What.COMM:
         if dlen < 24:
             raise ParseError("bad_length", f"COMM needs 24 bytes of data, has {dlen}")
         pid, tgid, raw = _COMM.unpack_from(data, off)
-        return CommEvent(cpu, seq, ts, pid, tgid, raw.split(b"\0", 1)[0].decode("utf-8", "replace"))
+        return pid, tgid, raw.split(b"\0", 1)[0].decode("utf-8", "replace")
     if what in (What.UID, What.GID, What.PTRACE):
         if dlen < 16:
             raise ParseError("bad_length", f"{What(what).name} needs 16 bytes of data, has {dlen}")
-        cls = {What.UID: UidEvent, What.GID: GidEvent, What.PTRACE: PtraceEvent}[what]
-        return cls(cpu, seq, ts, *_4U32.unpack_from(data, off))
+        return _4U32.unpack_from(data, off)
     if what == What.SID:
         if dlen < 8:
             raise ParseError("bad_length", f"SID needs 8 bytes of data, has {dlen}")
-        return SidEvent(cpu, seq, ts, *_2U32.unpack_from(data, off))
+        return _2U32.unpack_from(data, off)
     if what == What.COREDUMP:
         if dlen >= 16:
-            return CoredumpEvent(cpu, seq, ts, *_4U32.unpack_from(data, off))
+            return _4U32.unpack_from(data, off)
         if dlen >= 8:
-            return CoredumpEvent(cpu, seq, ts, *_2U32.unpack_from(data, off), 0, 0)
+            return (*_2U32.unpack_from(data, off), 0, 0)
         raise ParseError("bad_length", f"COREDUMP needs 8 bytes of data, has {dlen}")
     if what == What.NONE:
         if dlen < 4:
             raise ParseError("bad_length", f"ACK needs 4 bytes of data, has {dlen}")
-        return AckEvent(cpu, seq, ts, _U32.unpack_from(data, off)[0])
+        return _U32.unpack_from(data, off)
     raise ParseError("unknown_event", f"what=0x{what:x}")
 
 
-def parse_datagram(data: bytes | bytearray | memoryview, nbytes: int | None = None,
-                   sender_port: int = 0) -> list[Event]:
-    """Parse one received datagram into events.
+_FORK, _EXIT, _EXEC = int(What.FORK), int(What.EXIT), int(What.EXEC)
+
+
+def parse_records(data: bytes | bytearray | memoryview, nbytes: int | None = None,
+                  sender_port: int = 0) -> list[tuple]:
+    """Parse one received datagram into event records: ``(what, cpu, seq, ts_ns,
+    *fields)``, the fields in the order of the typed event (:func:`event_of`).
 
     ``nbytes`` is what recv reported (it may exceed ``len(data)`` when the
     datagram did not fit: that is ``oversized``). ``sender_port`` is the
@@ -267,27 +310,57 @@ def parse_datagram(data: bytes | bytearray | memoryview, nbytes: int | None = No
         raise ParseError("spoofed", f"sender port id {sender_port} is not the kernel")
     if size == 0:
         raise ParseError("truncated", "empty datagram")
-    events: list[Event] = []
+    records: list[tuple] = []
     off = 0
     while off < size:
-        if size - off < _HEAD_LEN:
-            nl_type = _NL.unpack_from(data, off)[1] if size - off >= _NL.size else None
+        left = size - off
+        if left < _HEAD_LEN:
+            nl_type = _NL.unpack_from(data, off)[1] if left >= _NL.size else None
             if nl_type in (NLMSG_NOOP, NLMSG_ERROR):
                 raise ParseError("bad_type", f"netlink control message type {nl_type}")
-            raise ParseError("truncated", f"{size - off} bytes left, a message needs {_HEAD_LEN}")
-        (nl_len, nl_type, _nl_flags, _nl_seq, _nl_pid, idx, val, seq, _ack, cn_len, _cn_flags,
-         what, cpu, ts) = _HEAD.unpack_from(data, off)
-        if nl_len < _HEAD_LEN or nl_len > size - off:
-            raise ParseError("truncated", f"nlmsg_len {nl_len} with {size - off} bytes left")
+            raise ParseError("truncated", f"{left} bytes left, a message needs {_HEAD_LEN}")
+        if left >= _FULL_LEN:
+            (nl_len, nl_type, _nl_flags, _nl_seq, _nl_pid, idx, val, seq, _ack, cn_len,
+             _cn_flags, what, cpu, ts, u0, u1, u2, u3, u4, u5) = _FULL.unpack_from(data, off)
+        else:
+            (nl_len, nl_type, _nl_flags, _nl_seq, _nl_pid, idx, val, seq, _ack, cn_len,
+             _cn_flags, what, cpu, ts) = _HEAD.unpack_from(data, off)
+        if nl_len < _HEAD_LEN or nl_len > left:
+            raise ParseError("truncated", f"nlmsg_len {nl_len} with {left} bytes left")
         if nl_type != NLMSG_DONE:
             raise ParseError("bad_type", f"netlink message type {nl_type}")
         if idx != CN_IDX_PROC or val != CN_VAL_PROC:
             raise ParseError("wrong_family", f"connector id {idx}:{val}")
         if cn_len < _EVENT_HDR or _CN_OFF + 20 + cn_len > nl_len:
             raise ParseError("bad_length", f"cn_msg.len {cn_len} in nlmsg of {nl_len}")
-        events.append(_body(what, cpu, seq, ts, data, off + _HEAD_LEN, cn_len - _EVENT_HDR))
+        dlen = cn_len - _EVENT_HDR
+        # the kernel's own shape (the whole union, already read) for the busy three
+        if dlen < _UNION:
+            records.append((what, cpu, seq, ts, *_fields(what, data, off + _HEAD_LEN, dlen)))
+        elif what == _FORK:
+            records.append((what, cpu, seq, ts, u0, u1, u2, u3))
+        elif what == _EXIT:
+            records.append((what, cpu, seq, ts, u0, u1, u2, u3, u4, u5))
+        elif what == _EXEC:
+            records.append((what, cpu, seq, ts, u0, u1))
+        else:
+            records.append((what, cpu, seq, ts, *_fields(what, data, off + _HEAD_LEN, dlen)))
         off += (nl_len + 3) & ~3
-    return events
+    return records
+
+
+_EVENT_TYPES: dict[int, type[Event]] = {cls.what: cls for cls in _ALL_EVENTS}
+
+
+def event_of(record: tuple) -> Event:
+    """The typed event of a record from :func:`parse_records`."""
+    return _EVENT_TYPES[record[0]](*record[1:])
+
+
+def parse_datagram(data: bytes | bytearray | memoryview, nbytes: int | None = None,
+                   sender_port: int = 0) -> list[Event]:
+    """Parse one received datagram into typed events (see :func:`parse_records`)."""
+    return [_EVENT_TYPES[r[0]](*r[1:]) for r in parse_records(data, nbytes, sender_port)]
 
 
 # --- building messages (what we send, and what tests feed the parser) -------

@@ -30,6 +30,11 @@ class RootSpec:
     actions: ActionSpec = field(default_factory=ActionSpec)
     runtime: bool = False  # added at run time (write API, Python API), not by config.yaml
 
+    @property
+    def needs_cmdline(self) -> bool:
+        """Whether this root reads command lines (the tree skips them for nobody else)."""
+        return self.capture_cmdline or self.select == "cmdline"
+
     def __post_init__(self) -> None:
         if self.select not in SELECT_KINDS:
             raise ValueError(f"select must be one of {', '.join(SELECT_KINDS)}")

@@ -25,6 +25,7 @@ sequences as on the kernel.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
@@ -37,6 +38,8 @@ from .identity import Identity, same_start
 from .procfs import AccessDenied, ProcessGone, ProcessInfo, ProcFS
 from .users import USER_NAMES
 
+intern = sys.intern
+
 # How lineage of a node was learned; anything but "fork" was inferred from ppid.
 LINEAGE_FORK = "fork"  # a FORK event named the parent
 LINEAGE_SNAPSHOT = "snapshot"  # ppid at start-up (may already be a reparenting)
@@ -44,6 +47,10 @@ LINEAGE_RESYNC = "resync"  # ppid at a resync after lost events
 LINEAGE_LATE = "late"  # first seen at EXEC or via /proc, ppid at that time
 LINEAGE_POLL = "poll"  # seen by the /proc polling fallback, ppid at that time
 LINEAGE_RESTORED = "restored"  # an earlier run's state file named the fork parent
+
+
+# the longest wait between two checks of an exit the kernel has not settled
+RECHECK_MAX_NS = 250_000_000
 
 
 class Node:
@@ -260,6 +267,7 @@ class PidTree:
         max_nodes: int = 50_000,
         tombstone_ttl_s: float = 300.0,
         cmdline_max_chars: int = 4096,
+        read_cmdlines: bool = True,
         read_cgroups: bool = False,
         reap_check_delay_s: float = 0.02,
         zombie_recheck_s: float = 1.0,
@@ -270,6 +278,9 @@ class PidTree:
         self.max_nodes = max_nodes
         self.tombstone_ttl_ns = int(tombstone_ttl_s * 1e9)
         self.cmdline_max_chars = cmdline_max_chars
+        # an EXEC's command line costs as much as its comm and exe together: the
+        # daemon reads it only while a root selects or captures by it
+        self.read_cmdlines = read_cmdlines
         self.read_cgroups = read_cgroups
         self.reap_check_delay_ns = int(reap_check_delay_s * 1e9)
         self.zombie_recheck_ns = int(zombie_recheck_s * 1e9)
@@ -288,6 +299,9 @@ class PidTree:
         self._tombstones: OrderedDict[Node, None] = OrderedDict()
         # exited nodes awaiting the check that tells reaped from zombie
         self._pending: deque[Node] = deque()
+        # exits the kernel had not settled at their check: (due ns, tries, node), rechecked
+        # with a doubling delay (a parent slow to reap under load cost a stat every round)
+        self._recheck: deque[tuple[int, int, Node]] = deque()
         self._zombies: dict[int, Node] = {}
         self._zombie_checked_ns = 0
         # current parent pid -> its live children, to refresh them when it exits
@@ -295,11 +309,11 @@ class PidTree:
         # nodes the last reconcile found gone: their EXIT may still be queued
         self._vanished: dict[int, Node] = {}
         self._handlers = {
-            nl.ForkEvent: self._on_fork,
-            nl.ExecEvent: self._on_exec,
-            nl.ExitEvent: self._on_exit,
-            nl.CommEvent: self._on_comm,
-            nl.UidEvent: self._on_uid,
+            int(nl.What.FORK): self._on_fork,
+            int(nl.What.EXEC): self._on_exec,
+            int(nl.What.EXIT): self._on_exit,
+            int(nl.What.COMM): self._on_comm,
+            int(nl.What.UID): self._on_uid,
         }
 
     # -- reading -------------------------------------------------------------
@@ -347,6 +361,17 @@ class PidTree:
                     try:
                         node.cgroup = self.reader.cgroup(node.pid)
                     except (ProcessGone, AccessDenied):
+                        pass
+
+    def enable_cmdlines(self) -> None:
+        """Start reading command lines (at EXEC), and read them now for every live process."""
+        with self.lock:
+            self.read_cmdlines = True
+            for node in self._live.values():
+                if node.cmdline is None and not node.exited:
+                    try:
+                        node.cmdline = self.reader.cmdline(node.pid, self.cmdline_max_chars)
+                    except (ProcessGone, AccessDenied, ValueError):
                         pass
 
     def known_starts(self) -> dict[int, int]:
@@ -483,10 +508,15 @@ class PidTree:
 
     def apply(self, event: nl.Event) -> None:
         """Apply one connector event. Call with :attr:`lock` held."""
-        handler = self._handlers.get(type(event))
+        self.apply_record(event.record())
+
+    def apply_record(self, rec: tuple) -> None:
+        """Apply one event as :func:`.netlink.parse_records` gives it (the collector's
+        path: no event object is built). Call with :attr:`lock` held."""
+        handler = self._handlers.get(rec[0])
         if handler is not None:
-            self.event_ns = event.ts_ns
-            handler(event)
+            self.event_ns = rec[3]
+            handler(rec)
 
     def _ticks(self, ts_ns: int) -> int:
         return self.clock.ticks(ts_ns)
@@ -498,18 +528,18 @@ class PidTree:
             return True
         return False
 
-    def _on_fork(self, ev: nl.ForkEvent) -> None:
+    def _on_fork(self, rec: tuple) -> None:
+        _what, _cpu, _seq, ts_ns, _parent_pid, parent_tgid, pid, child_tgid = rec
         live = self._live
-        if ev.child_pid != ev.child_tgid:
+        if pid != child_tgid:
             self.stats.threads_created += 1
-            owner = live.get(ev.child_tgid)
+            owner = live.get(child_tgid)
             if owner is not None:
                 owner.threads += 1
                 self.stats.threads_live += 1
             return
-        pid = ev.child_pid
-        start = self._ticks(ev.ts_ns)
-        parent = live.get(ev.parent_tgid)
+        start = self._ticks(ts_ns)
+        parent = live.get(parent_tgid)
         old = live.get(pid)
         if old is not None:
             if not old.exited and old.same_start(start):
@@ -524,7 +554,7 @@ class PidTree:
                 self.stats.stale_events += 1
                 return
             self._retire(old)
-        node = Node(pid, start, start_exact=False, ppid=ev.parent_tgid, parent=parent,
+        node = Node(pid, start, start_exact=False, ppid=parent_tgid, parent=parent,
                     lineage_source=LINEAGE_FORK)
         if parent is not None:
             # fork copies these; EXEC, COMM and UID events refresh them
@@ -538,20 +568,20 @@ class PidTree:
             else:
                 parent.children[node] = None
         live[pid] = node
-        kids = self._by_ppid.get(ev.parent_tgid)
+        kids = self._by_ppid.get(parent_tgid)
         if kids is None:
-            self._by_ppid[ev.parent_tgid] = {node}
+            self._by_ppid[parent_tgid] = {node}
         else:
             kids.add(node)
         self.stats.processes_forked += 1
         self.stats.threads_live += 1
         self.listener.spawned(node)
 
-    def _on_exec(self, ev: nl.ExecEvent) -> None:
+    def _on_exec(self, rec: tuple) -> None:
+        ts_ns, pid = rec[3], rec[5]  # the tgid: a thread's exec is its process's
         self.stats.execs += 1
-        pid = ev.tgid
         node = self._live.get(pid)
-        if node is not None and self._is_stale(node, ev.ts_ns):
+        if node is not None and self._is_stale(node, ts_ns):
             return
         reader = self.reader
         first = node is None
@@ -570,11 +600,16 @@ class PidTree:
                 if node.exited and not node.reaped:
                     # a non-leader thread exec'd: the old leader's EXIT was not the process's
                     self._revive(node)
-            node.comm = comm
-            node.cmdline = reader.cmdline(pid, self.cmdline_max_chars)
-            node.exe = reader.exe(pid)
+            # interned: a host runs few distinct programs, and every node keeps its own.
+            # exe last but cgroup: another user's is refused without CAP_SYS_PTRACE
+            node.comm = intern(comm)
+            node.cmdline = (reader.cmdline(pid, self.cmdline_max_chars)
+                            if self.read_cmdlines else None)
+            exe = reader.exe(pid)
+            node.exe = intern(exe) if exe else exe
             if self.read_cgroups:
-                node.cgroup = reader.cgroup(pid)
+                cg = reader.cgroup(pid)
+                node.cgroup = intern(cg) if cg else cg
         except ProcessGone:
             # gone before we could look: it keeps what fork told us
             self.stats.exec_unread += 1
@@ -593,30 +628,31 @@ class PidTree:
             self.listener.spawned(node)  # with what this EXEC let us read
         self.listener.changed(node, prev)
 
-    def _on_exit(self, ev: nl.ExitEvent) -> None:
-        if ev.pid != ev.tgid:
+    def _on_exit(self, rec: tuple) -> None:
+        _what, _cpu, _seq, ts_ns, pid, tgid, status = rec[:7]
+        if pid != tgid:
             self.stats.threads_exited += 1
-            owner = self._live.get(ev.tgid)
+            owner = self._live.get(tgid)
             # only a thread we counted can leave (a live process keeps its leader)
             if owner is not None and owner.threads > (0 if owner.exited else 1):
                 owner.threads -= 1
                 self.stats.threads_live -= 1
             return
-        node = self._live.get(ev.pid)
+        node = self._live.get(pid)
         if node is None:
-            node = self._vanished.get(ev.pid)
-            if node is None or not node.exit_inferred or self._is_stale(node, ev.ts_ns):
+            node = self._vanished.get(pid)
+            if node is None or not node.exit_inferred or self._is_stale(node, ts_ns):
                 self.stats.unknown_pid_events += 1
                 return
         if node.exited:
-            if node.exit_inferred and not self._is_stale(node, ev.ts_ns):
+            if node.exit_inferred and not self._is_stale(node, ts_ns):
                 # a resync concluded this exit; the queued event brings its details
-                self._record_exit(node, ev)
+                self._record_exit(node, status, ts_ns)
                 self.stats.missed_exits -= 1
             return
-        if self._is_stale(node, ev.ts_ns):
+        if self._is_stale(node, ts_ns):
             return
-        self._record_exit(node, ev)
+        self._record_exit(node, status, ts_ns)
         node.exited = True
         node.state = "X"
         if node.threads > 0:  # the leader; other threads' EXITs may still come
@@ -627,26 +663,28 @@ class PidTree:
         self.listener.exited(node)
 
     @staticmethod
-    def _record_exit(node: Node, ev: nl.ExitEvent) -> None:
-        node.exit_code, node.exit_signal, node.core_dumped = nl.decode_wait_status(ev.exit_code)
-        node.exit_ns = ev.ts_ns
+    def _record_exit(node: Node, status: int, ts_ns: int) -> None:
+        node.exit_code, node.exit_signal, node.core_dumped = nl.decode_wait_status(status)
+        node.exit_ns = ts_ns
         node.exit_inferred = False
 
-    def _on_comm(self, ev: nl.CommEvent) -> None:
-        if ev.pid != ev.tgid:
+    def _on_comm(self, rec: tuple) -> None:
+        _what, _cpu, _seq, ts_ns, pid, tgid, comm = rec
+        if pid != tgid:
             return  # a thread's name is not the process's comm
-        node = self._live.get(ev.pid)
-        if node is not None and not self._is_stale(node, ev.ts_ns) and node.comm != ev.comm:
+        node = self._live.get(pid)
+        if node is not None and not self._is_stale(node, ts_ns) and node.comm != comm:
             prev = (node.comm, node.exe, node.cmdline)
-            node.comm = ev.comm
+            node.comm = comm
             self.listener.changed(node, prev)
 
-    def _on_uid(self, ev: nl.UidEvent) -> None:
-        if ev.pid != ev.tgid:
+    def _on_uid(self, rec: tuple) -> None:
+        _what, _cpu, _seq, ts_ns, pid, tgid, _ruid, euid = rec
+        if pid != tgid:
             return
-        node = self._live.get(ev.pid)
-        if node is not None and not self._is_stale(node, ev.ts_ns):
-            node.uid = ev.euid
+        node = self._live.get(pid)
+        if node is not None and not self._is_stale(node, ts_ns):
+            node.uid = euid
 
     # -- writing: structure ------------------------------------------------------
 
@@ -682,9 +720,10 @@ class PidTree:
         node = Node(pid, start, start_exact=True, ppid=ppid, parent=None, lineage_source=source)
         if info is not None:
             st = info.stat
-            node.comm, node.state, node.threads = st.comm, st.state, st.num_threads
-            node.cmdline, node.exe, node.uid, node.cgroup = (
-                info.cmdline, info.exe, info.uid, info.cgroup)
+            node.comm, node.state, node.threads = intern(st.comm), st.state, st.num_threads
+            node.cmdline, node.uid = info.cmdline, info.uid
+            node.exe = intern(info.exe) if info.exe else info.exe
+            node.cgroup = intern(info.cgroup) if info.cgroup else info.cgroup
         elif parent is not None:
             node.uid, node.cgroup = parent.uid, parent.cgroup
         self._live[pid] = node
@@ -711,7 +750,7 @@ class PidTree:
         try:
             self._pending.remove(node)
         except ValueError:
-            pass
+            self._recheck = deque(e for e in self._recheck if e[2] is not node)
 
     def _retire(self, node: Node) -> None:
         """A new identity holds ``node``'s pid: the old one must be gone (missed or reaped)."""
@@ -781,15 +820,24 @@ class PidTree:
         now = self.clock.monotonic_ns() if now_ns is None else now_ns
         self.event_ns = now
         pending = self._pending
-        cutoff = now - (0 if settle else self.reap_check_delay_ns)
-        requeue: list[Node] = []
+        live = self._live
+        delay = self.reap_check_delay_ns
+        cutoff = now - (0 if settle else delay)
+        requeue: list[tuple[int, int, Node]] = []
         while pending and (pending[0].exit_ns or 0) <= cutoff:
             node = pending.popleft()
-            if node.reaped or self._live.get(node.pid) is not node:
+            if node.reaped or live.get(node.pid) is not node:
                 continue
             if not self._check_exited(node, now):
-                requeue.append(node)
-        pending.extend(requeue)
+                requeue.append((now + delay, 1, node))
+        recheck = self._recheck
+        while recheck and (settle or recheck[0][0] <= now):
+            _due, tries, node = recheck.popleft()
+            if node.reaped or live.get(node.pid) is not node:
+                continue
+            if not self._check_exited(node, now):
+                requeue.append((now + min(delay << tries, RECHECK_MAX_NS), tries + 1, node))
+        recheck.extend(requeue)
         if self._zombies and now - self._zombie_checked_ns >= self.zombie_recheck_ns:
             self._zombie_checked_ns = now
             for node in list(self._zombies.values()):
@@ -891,7 +939,7 @@ class PidTree:
                 reparented += 1
                 self._set_ppid(node, st.ppid)
             node.state = st.state
-            node.comm = st.comm
+            node.comm = intern(st.comm)
             node.threads = st.num_threads
             if st.state == "Z":
                 zombies.append(node)
