@@ -14,8 +14,9 @@
 //
 // Scale: the lineage index is rebuilt in O(members) (a few ms for thousands) at most
 // once per animation frame however many events arrived (and less often when it is
-// slow), only the rows in view exist in the DOM (a virtual scroller), and a row's DOM
-// is rewritten only when what it shows changed.
+// slow), keeping each process's node (little garbage), only the rows in view exist in
+// the DOM (a virtual scroller), a row's DOM is rewritten only when what it shows changed,
+// and a recent change keeps its element. bench/page.py times it (the "ptx:" measures).
 "use strict";
 (() => {
   const POLL_MS = 1000;
@@ -94,11 +95,24 @@
     recentSig: "",
     recentSeen: new Set(),
     above: new Map(),   // instance key -> {at, list} : its ancestors outside the root
+    rebuilds: 0,        // lineage index rebuilds (each walk's stamp)
     buildMs: 0,
     renderMs: 0,
   };
 
   // ---- time ------------------------------------------------------------------------
+
+  // A Performance API measure of the work since t0 (performance.now()): "ptx:doc" (a fetched
+  // document becomes the page), "ptx:frame" (the stream's events since the last frame are
+  // drawn), "ptx:refresh" (refilter and redraw: a fold, a filter, Expand or Collapse all).
+  // bench/page.py reads them; only the latest of each name stays in the timeline, so a
+  // page left open for days holds no more.
+  function measure(name, t0) {
+    try {
+      performance.clearMeasures(name);
+      performance.measure(name, { start: t0, end: performance.now() });
+    } catch (_) { /* an old browser: no measures */ }
+  }
 
   // The server's clock, from the Date header (1 s resolution): each response narrows
   // the interval the offset can lie in, so ages agree with the exporter's clock even
@@ -525,7 +539,7 @@
 
   function drawFrame() {
     S.frameQueued = false;
-    S.lastFrame = performance.now();
+    const t0 = S.lastFrame = performance.now();
     if (!S.doc) return;
     const details = S.restructured || (S.selected !== null && S.touched.has(S.selected));
     S.touched.clear();
@@ -537,6 +551,7 @@
     if (details) renderDetails();
     renderRoots();
     renderStatus();
+    measure("ptx:frame", t0);
   }
 
   // ---- the lineage index ---------------------------------------------------------------
@@ -546,6 +561,7 @@
   // The root's document becomes the page's model; the stream's events after doc.seq
   // change the model, and the index below is rebuilt from it.
   function setDoc(doc) {
+    const t0 = performance.now();
     const live = new Map();
     const gone = new Map();
     for (const m of doc.members || []) {
@@ -575,30 +591,45 @@
     refresh();
     renderRecent();
     renderDetails();
+    measure("ptx:doc", t0);
   }
 
   function rebuild() {
     const t0 = performance.now();
+    // a process's node is kept from one rebuild to the next (reset here), so a redraw of a
+    // big root makes little garbage: a frame's work is not followed by a collector's pause
+    const old = S.nodes;
     const nodes = new Map();
     const add = (m, gone) => {
       const k = keyOf(m);
-      if (!nodes.has(k)) nodes.set(k, { k, m, gone, kids: [], parent: null, depth: 0, size: 1, bad: 0, settled: false });
+      if (nodes.has(k)) return;
+      let n = old.get(k);
+      if (n) {
+        n.m = m; n.gone = gone; n.kids.length = 0; n.parent = null;
+        n.depth = 0; n.size = 1; n.bad = 0; n.settled = false;
+      } else {
+        n = { k, m, gone, kids: [], parent: null, depth: 0, size: 1, bad: 0, settled: false, walked: 0 };
+      }
+      nodes.set(k, n);
     };
     for (const m of S.live.values()) add(m, false);
     for (const m of S.gone.values()) add(m, m.class !== "zombie");
     // a child's fork parent is the listed process with its lineage_ppid that started
     // no later than the child (a pid can be held by an exited parent and a newer stranger)
-    const byPid = new Map();
+    const byPid = new Map();  // pid -> its node, or its nodes when a pid is held twice
     for (const n of nodes.values()) {
       const same = byPid.get(n.m.pid);
-      if (same) same.push(n); else byPid.set(n.m.pid, [n]);
+      if (!same) byPid.set(n.m.pid, n);
+      else if (Array.isArray(same)) same.push(n);
+      else byPid.set(n.m.pid, [same, n]);
     }
     const tops = [];
     for (const n of nodes.values()) {
       const pp = n.m.lineage_ppid;
       let best = null;
       if (pp !== null && pp !== undefined && pp !== n.m.pid) {
-        for (const c of byPid.get(pp) || []) {
+        const held = byPid.get(pp);
+        for (const c of Array.isArray(held) ? held : held ? [held] : []) {
           if (c.m.start_ticks <= n.m.start_ticks && (!best || c.m.start_ticks > best.m.start_ticks)) best = c;
         }
       }
@@ -608,14 +639,14 @@
     const byStart = (a, b) => a.m.start_ticks - b.m.start_ticks || a.m.pid - b.m.pid;
     tops.sort(byStart);
     const order = [];
-    const seen = new Set();
+    const stamp = ++S.rebuilds;  // n.walked === stamp: seen in this walk
     const walk = (top) => {
       const stack = [top];
       top.depth = 0;
       while (stack.length) {
         const n = stack.pop();
-        if (seen.has(n)) continue;
-        seen.add(n);
+        if (n.walked === stamp) continue;
+        n.walked = stamp;
         order.push(n);
         if (n.kids.length > 1) n.kids.sort(byStart);
         for (let i = n.kids.length - 1; i >= 0; i--) {
@@ -627,7 +658,7 @@
     for (const t of tops) walk(t);
     for (const n of nodes.values()) {
       // a lineage cycle (never seen in practice): cut it and show its members at the top
-      if (!seen.has(n)) {
+      if (n.walked !== stamp) {
         if (n.parent) n.parent.kids.splice(n.parent.kids.indexOf(n), 1);
         n.parent = null;
         tops.push(n);
@@ -735,6 +766,7 @@
     flatten();
     draw();
     S.renderMs = performance.now() - t0;
+    measure("ptx:refresh", t0);
   }
 
   function queueDraw() {
@@ -1034,6 +1066,9 @@
 
   // ---- drawing: recent changes ---------------------------------------------------------------
 
+  const RECENT_SYM = { added: "+ added", removed: "− exited", class: "! class", restart: "↻ restart",
+    action: "⚡ action" };
+
   function renderRecent() {
     const doc = S.doc;
     const list = $("recent");
@@ -1055,18 +1090,35 @@
     if (sig === S.recentSig) return;
     const firstDraw = S.recentSig.split("\n")[0] !== S.rootName;
     S.recentSig = sig;
-    const lis = items.map((it, i) => {
-      const li = el("li");
-      if (!firstDraw && !S.recentSeen.has(keyed[i])) li.classList.add("fresh");
-      li.dataset.key = it.pid + ":" + it.st;
-      li.appendChild(el("span", "ts", clock(it.ts)));
-      const sym = { added: "+ added", removed: "− exited", class: "! class", restart: "↻ restart", action: "⚡ action" };
-      li.appendChild(el("span", "k-" + it.kind, sym[it.kind] || it.kind));
-      li.appendChild(el("span", "what", it.pid + " " + (it.comm || "?") + " — " + it.text));
-      return li;
+    // keyed: an entry already drawn keeps its element (and its flash, if it is fresh), so a
+    // change costs the new entries, not the whole list
+    const seen = new Map();
+    const keys = items.map((it, i) => {
+      const k = [keyed[i], it.ts, it.comm].join("\u0001");
+      const n = (seen.get(k) || 0) + 1;  // the same change twice: two entries
+      seen.set(k, n);
+      return k + "\u0001" + n;
+    });
+    const want = new Set(keys);
+    const had = new Map();
+    for (const li of [...list.children]) {
+      if (li._k && want.has(li._k)) had.set(li._k, li); else li.remove();  // gone, or "No changes yet."
+    }
+    let at = list.firstChild;
+    items.forEach((it, i) => {
+      let li = had.get(keys[i]);
+      if (!li) {
+        li = el("li");
+        li._k = keys[i];
+        if (!firstDraw && !S.recentSeen.has(keyed[i])) li.classList.add("fresh");
+        li.dataset.key = it.pid + ":" + it.st;
+        li.appendChild(el("span", "ts", clock(it.ts)));
+        li.appendChild(el("span", "k-" + it.kind, RECENT_SYM[it.kind] || it.kind));
+        li.appendChild(el("span", "what", it.pid + " " + (it.comm || "?") + " — " + it.text));
+      }
+      if (li === at) at = at.nextSibling; else list.insertBefore(li, at);
     });
     S.recentSeen = new Set(keyed);
-    list.replaceChildren(...lis);
     if (!items.length) list.replaceChildren(el("li", "muted", "No changes yet."));
   }
 
