@@ -263,9 +263,9 @@ def _echo_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> li
 
 
 @contextmanager
-def serving(**kw: Any) -> Iterator[httpserver.Server]:
-    server = httpserver.Server(("127.0.0.1", 0), _echo_app, family=socket.AF_INET,
-                               max_connections=4, **kw)
+def serving(address: Any = ("127.0.0.1", 0), **kw: Any) -> Iterator[httpserver.Server]:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    server = httpserver.Server(address, _echo_app, family=family, max_connections=4, **kw)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               name="test-http", daemon=True)
     thread.start()
@@ -317,6 +317,33 @@ def test_a_request_body_is_read_before_the_next_request_or_the_connection_ends()
         status, headers, body = read_response(f)
         assert (status, body, headers["connection"]) == (200, b"/ignore ", "close")
         assert f.read() == b""
+
+
+def test_an_answer_to_an_unread_body_reaches_a_client_still_sending_it(tmp_path: Path) -> None:
+    # as http.client sends a PUT: the head, then the body; the app answers at once
+    # without reading it (a 403 to a reader on the Unix socket). Closed with the body
+    # unread, the client's send of the body broke (EPIPE) before it read the answer
+    path = str(tmp_path / "s.sock")
+    with serving(path), socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"PUT /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+        time.sleep(0.3)  # the answer is written meanwhile
+        s.sendall(b"x" * 2000)
+        f = s.makefile("rb")
+        status, headers, body = read_response(f)
+        assert (status, body, headers["connection"]) == (200, b"/ignore ", "close")
+        assert f.read() == b""
+        # one that never sends its body holds a worker for a second at most
+        s2 = socket.socket(socket.AF_UNIX)
+        with s2:
+            s2.settimeout(5)
+            s2.connect(path)
+            s2.sendall(b"PUT /ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n")
+            t0 = time.monotonic()
+            assert read_response(s2.makefile("rb"))[0] == 200
+            assert closed_by_server(s2, timeout=5)
+            assert time.monotonic() - t0 < 2.5
 
 
 def test_an_app_error_ends_the_connection() -> None:

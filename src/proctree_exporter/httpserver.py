@@ -56,6 +56,10 @@ MIN_QUEUE = 256
 # close with its next request.
 KEEPALIVE_IDLE_S = 75.0
 MAX_REQUESTS = 100  # per connection; the last response says Connection: close
+# An unread request body up to this size is read (within the read timeout) before the
+# connection closes, so that the client reads the answer
+DISCARD_BODY_MAX = 64 << 10
+DISCARD_BODY_S = 1.0
 # At server_close, requests in flight get this long to finish writing their
 # response (their request bodies are cut at once); then their sockets are shut,
 # so that no worker holds up the exit (the interpreter waits for every worker).
@@ -251,6 +255,29 @@ class _Handler(WSGIRequestHandler):
         if self.keep_alive and self.complete and not self.failed and not self.conn.taken:
             self.conn.buf = bytearray(self.body.pipelined)
             self.reusable = True
+        elif not self.conn.taken:
+            self._discard_body()
+
+    def _discard_body(self) -> None:
+        """Read the rest of a small request body the app answered without reading (a
+        401, 403 or 404 to a PUT) before the connection closes: closed with unread
+        data, it is reset, and a client still sending the body after the head (as
+        http.client does) gets a broken pipe instead of the answer."""
+        body = self.body
+        if body is None or not self._framed or not 0 < body.left <= DISCARD_BODY_MAX:
+            return
+        assert self._input is not None
+        # a worker waits for it at most DISCARD_BODY_S, not the read timeout: an
+        # unauthenticated client must not hold workers with bodies it never sends
+        deadline = time.monotonic() + DISCARD_BODY_S
+        with contextlib.suppress(OSError, ValueError):
+            while body.left > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.connection.settimeout(left)
+                if not self._input.read(min(body.left, 65536)):
+                    break
 
     def may_keep_alive(self) -> bool:
         """Whether the connection may carry another request after this one (its
