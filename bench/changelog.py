@@ -23,9 +23,10 @@ Per scene, in a fresh interpreter: the storm runs with a log big enough to keep
 every event; then the pretend host, tree and roots are dropped, so only the log
 holds what it holds, and the log is dropped too: the fall in Python's traced memory
 (tracemalloc) is what the log cost, its ring included. Against it, the sum of
-``changelog.event_bytes`` (the O(1) estimate a byte-bounded log keeps). Per kind:
-each kind's events alone (kinds dropped one after another: an object two kinds
-share counts for the one dropped last, joined last, as the estimate counts it).
+``changelog.record_bytes`` (the O(1) estimate a byte-bounded log keeps). Per kind:
+each kind's records alone, as the log holds them (kinds dropped one after another: an
+object two kinds share counts for the one dropped last, joined last, as the estimate
+counts it).
 
 Full log at the default size: the fork scene in fresh interpreters (no
 tracemalloc) with ``change_log_size`` 100,000 and no byte bound, with 10 events,
@@ -130,28 +131,27 @@ def scene(name: str, processes: int, size: int, max_bytes: int | None) -> tuple[
 
 def traced(name: str, processes: int) -> dict[str, Any]:
     """Bytes per event of scene ``name``, traced and estimated, overall and per kind."""
-    from proctree_exporter.changelog import event_bytes
+    from proctree_exporter.changelog import record_bytes
 
     size = 10_000_000
     tracemalloc.start()
     h, log = scene(name, processes, size, None)
-    events = log.since(0)[0]
-    n = len(events)
-    kinds = Counter(str(e.kind) for e in events)
-    estimate = sum(event_bytes(e) for e in events)
+    # what the log holds: each event as a record (a tuple of its kind's fields), kind first
+    held = [r for r in log._ring if r is not None]
+    n = len(held)
+    kinds = Counter(str(r[0]) for r in held)
+    estimate = sum(record_bytes(r) for r in held)
     est_kind: Counter[str] = Counter()
-    for e in events:
-        est_kind[str(e.kind)] += event_bytes(e)
+    for r in held:
+        est_kind[str(r[0])] += record_bytes(r)
     del h
     gc.collect()
+    before = tracemalloc.get_traced_memory()[0] - sys.getsizeof(held)
     # the log alone: every other holder of these objects is gone
-    del events
-    gc.collect()
-    before = tracemalloc.get_traced_memory()[0]
     groups: dict[str, list[Any]] = {k: [] for k in kinds}
-    for e in log.since(0)[0]:
-        groups[str(e.kind)].append(e)
-    del log
+    for r in held:
+        groups[str(r[0])].append(r)
+    del held, log
     per_kind: dict[str, float] = {}
     for k in sorted(groups, key=DROP_ORDER.index):
         count = len(groups[k])
@@ -206,10 +206,11 @@ class EntriesOnly:
 def append_cost(processes: int) -> dict[str, float]:
     """Microseconds per append of the exec scene's events: the anchor, the byte-bounded
     log with its bound far off and binding, and one event_bytes call."""
-    from proctree_exporter.changelog import ChangeLog, event_bytes
+    from proctree_exporter.changelog import ChangeLog, event_bytes, pack
 
     h, log = scene("exec", processes, 10_000_000, None)
     events = log.since(0)[0]
+    records = [pack(e, "host") for e in events]
     del h, log
 
     def best_of(fn: Any) -> float:
@@ -227,14 +228,24 @@ def append_cost(processes: int) -> dict[str, float]:
                 cl.append(e)
         return go
 
+    def add(make: Any) -> Any:
+        def go() -> None:
+            cl = make()
+            for r in records:
+                cl.add(r)
+        return go
+
     def estimate() -> None:
         for e in events:
             event_bytes(e)
 
     return {
         "anchor: entries only": best_of(fill(lambda: EntriesOnly(100_000))),
-        "bytes, not reached": best_of(fill(lambda: ChangeLog("host", 100_000, 1 << 40))),
-        "bytes, binding (4 MiB)": best_of(fill(lambda: ChangeLog("host", 100_000, 4 * MIB))),
+        "records (the core's add), bytes not reached": best_of(
+            add(lambda: ChangeLog("host", 100_000, 1 << 40))),
+        "records, binding (4 MiB)": best_of(add(lambda: ChangeLog("host", 100_000, 4 * MIB))),
+        "RootEvents (append), bytes not reached": best_of(
+            fill(lambda: ChangeLog("host", 100_000, 1 << 40))),
         "event_bytes alone": best_of(estimate),
     }
 
@@ -341,7 +352,7 @@ def main() -> None:
     doc["append_us"] = run_child("--child", "append", "--processes", str(min(n, 25_000)))
     print("\nCost per append, exec scene's events (best of 5):")
     for k, v in doc["append_us"].items():
-        print(f"  {k:24} {v:6.2f} us")
+        print(f"  {k:44} {v:6.2f} us")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")

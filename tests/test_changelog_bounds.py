@@ -14,7 +14,13 @@ import tracemalloc
 
 import pytest
 
-from proctree_exporter.changelog import EVENT_BYTES, ChangeLog, event_bytes
+from proctree_exporter.changelog import (
+    EVENT_BYTES,
+    ChangeLog,
+    event_bytes,
+    pack,
+    record_bytes,
+)
 from proctree_exporter.config import Config, ConfigError, parse_config
 from proctree_exporter.events import Ancestor, EventKind, RootEvent
 from proctree_exporter.mirror import Mirrors, RootMirror
@@ -37,18 +43,23 @@ def joined(seq: int, cmdline: str) -> RootEvent:
                      exe="/usr/bin/worker", cmdline=cmdline, uid=0, ppid=1, depth=1)
 
 
+# an exited event as these tests make it: a record of the common fields, depth and
+# exit code (trailing Nones are not held)
+EXITED_BYTES = EVENT_BYTES + 2 * 8
+
+
 def fill(log: ChangeLog, events: list[RootEvent]) -> None:
     for ev in events:
         log.append(ev)
 
 
 def test_a_log_bounded_by_bytes_drops_the_oldest_once_over() -> None:
-    log = ChangeLog("r", 1000, max_bytes=10 * EVENT_BYTES)
-    assert event_bytes(exited(1)) == EVENT_BYTES
+    log = ChangeLog("r", 1000, max_bytes=10 * EXITED_BYTES)
+    assert event_bytes(exited(1)) == EXITED_BYTES
     fill(log, [exited(s) for s in range(1, 11)])
-    assert (log.held, log.first_seq, log.bytes) == (10, 1, 10 * EVENT_BYTES)
+    assert (log.held, log.first_seq, log.bytes) == (10, 1, 10 * EXITED_BYTES)
     log.append(exited(11))  # one byte over: the oldest goes
-    assert (log.held, log.first_seq, log.bytes) == (10, 2, 10 * EVENT_BYTES)
+    assert (log.held, log.first_seq, log.bytes) == (10, 2, 10 * EXITED_BYTES)
     fill(log, [exited(s) for s in range(12, 101)])
     assert [e.seq for e in log.since(0)[0]] == list(range(91, 101))
     assert log.bytes == sum(event_bytes(e) for e in log.since(0)[0]) <= log.max_bytes
@@ -59,7 +70,8 @@ def test_bigger_events_leave_room_for_fewer() -> None:
     log = ChangeLog("r", 1000, max_bytes=100_000)
     fill(log, [joined(s, "x" * 2000) for s in range(1, 201)])
     each = event_bytes(joined(1, "x" * 2000))
-    assert each == EVENT_BYTES + 88 + (49 + len("/usr/bin/worker")) + (49 + 2000)
+    # a record of 15 fields (up to cmdline), pid, start and started_at, two strings
+    assert each == EVENT_BYTES + 10 * 8 + 80 + (49 + len("/usr/bin/worker")) + (49 + 2000)
     assert log.held == 100_000 // each and log.bytes <= 100_000
     assert [e.seq for e in log.since(0)[0]] == list(range(201 - log.held, 201))
 
@@ -81,7 +93,7 @@ def test_the_newest_event_stays_even_when_it_alone_is_over_the_bound() -> None:
 
 
 def test_a_cursor_behind_the_byte_bound_gets_the_right_lost_count() -> None:
-    log = ChangeLog("r", 1000, max_bytes=20 * EVENT_BYTES)
+    log = ChangeLog("r", 1000, max_bytes=20 * EXITED_BYTES)
     fill(log, [exited(s) for s in range(1, 6)])
     cursor = 3  # read up to 3
     fill(log, [exited(s) for s in range(6, 51)])  # holds 31..50: 4..30 dropped
@@ -99,7 +111,7 @@ def test_non_ascii_text_is_counted_wide() -> None:
 
 
 def test_readers_racing_a_byte_bounded_writer_see_every_event_once_or_count_it_lost() -> None:
-    log = ChangeLog("r", 256, max_bytes=40 * EVENT_BYTES)
+    log = ChangeLog("r", 256, max_bytes=40 * EXITED_BYTES)
     events = [exited(s) if s % 3 else joined(s, "c" * (s % 500)) for s in range(1, 60_001)]
     results: list[tuple[int, int]] = []
 
@@ -204,7 +216,7 @@ def test_the_estimate_is_close_to_what_python_counts_for_a_mix_of_events() -> No
 
 def test_an_instance_join_counts_its_ancestors() -> None:
     ev = joined(1, "")._replace(depth=0, ancestors=(Ancestor(1, 1, "init", 0, False),) * 3)
-    assert event_bytes(ev) - event_bytes(joined(1, "")) == 40 + 3 * 88
+    assert event_bytes(ev) - event_bytes(joined(1, "")) == 8 + 40 + 3 * 88
 
 
 def test_the_config_key_reaches_the_log_and_the_host_root_has_its_own() -> None:
@@ -218,3 +230,46 @@ def test_the_config_key_reaches_the_log_and_the_host_root_has_its_own() -> None:
     with pytest.raises(ConfigError, match=r"roots\[0\] \(a\)\.change_log_max_bytes, line 5"):
         parse_config("roots:\n  - name: a\n    select: pid\n    match: 1\n"
                      "    change_log_max_bytes: 1000\n")
+
+
+def test_the_log_gives_back_every_event_as_it_was_appended() -> None:
+    # the log holds records (the fields each kind sets), not RootEvents: a reader
+    # gets back the very event, for every kind the core makes, and an event with a
+    # field its kind's record has no place for (or another root's name) is kept whole
+    h = Host(RootSpec("job", "comm", "job", capture_cmdline=True, zombie_grace_s=0.5,
+                      max_tombstones=1))
+    h.spawn("sh", comm="bash", exe="/usr/bin/bash", cmdline="bash -l")
+    for i in range(3):
+        h.spawn(f"j{i}", "sh", comm="job", cmdline=f'job --name "\u00f6 {i}"\n')
+        h.spawn(f"w{i}", f"j{i}", comm="step", cmdline="step")
+        h.exec(f"w{i}", "step2", cmdline="step2 --x")
+        h.exit(f"j{i}")
+        h.tick(0.05)
+        h.exit(f"w{i}", signal=9, reap=False)
+        h.tick(0.6, rounds=2)
+        h.reap(f"w{i}")
+        h.tick(0.05)
+    made = list(h.roots.relist("job").events)
+    log = h.roots.log("job")
+    h.roots.remove("job")
+    made += log.since(0)[0]  # ends with root_removed
+    assert {e.kind for e in made} >= {
+        EventKind.JOINED, EventKind.EXEC, EventKind.EXITED, EventKind.CLASS,
+        EventKind.REPARENTED, EventKind.ROOT_UP, EventKind.ROOT_DOWN, EventKind.RESTART,
+        EventKind.LEFT, EventKind.ROOT_REMOVED}
+    assert any(e.ancestors for e in made) and any(e.cmdline for e in made)
+    odd = [RootEvent(EventKind.EXITED, "job", 0, 1.5, 7, 8, "x", exe="/odd", depth=1),
+           RootEvent(EventKind.LEFT, "other", 0, 1.5, 7, 8, "x"),
+           RootEvent(EventKind.LOST, "job", 0, 1.5, 0, 0, None, count=3)]
+    log = ChangeLog("job", 1000)
+    appended = []
+    for seq, ev in enumerate([*made, *odd], start=1):
+        appended.append(ev._replace(seq=seq))
+        log.append(appended[-1])
+    assert log.since(0) == (appended, 0)
+    assert log.bytes == sum(record_bytes(pack(e, "job")) for e in appended)
+    assert pack(odd[1], "job") is odd[1] and pack(odd[0], "job") is odd[0]
+    whole = event_bytes(odd[0])  # kept whole: its 35 slots
+    assert whole > event_bytes(odd[0]._replace(exe=None)) + 200
+    with pytest.raises(ValueError, match="does not follow"):
+        log.append(odd[1]._replace(seq=log.seq + 2))

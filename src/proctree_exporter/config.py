@@ -75,8 +75,8 @@ class RootConfig(_Strict):
     max_tombstones: int = Field(1_000, ge=0, le=1_000_000)
     zombie_grace_seconds: float = Field(5.0, ge=0, le=86400)
     change_log_size: int = Field(100_000, ge=10, le=10_000_000)
-    # 64 MiB: 100,000 events of up to 670 bytes each (bench/changelog.py estimates 449
-    # to 469 in storms without captured command lines, 519 with 90-character ones)
+    # 64 MiB: 100,000 events of up to 670 bytes each (bench/changelog.py estimates 200
+    # to 220 in storms without captured command lines, 280 with 90-character ones)
     change_log_max_bytes: int = Field(64 << 20, ge=1 << 16, le=1 << 40)
     actions: ActionsConfig = ActionsConfig()
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .actions import ActionOutcome, Cleanup, action_name, send_to_identity
-from .changelog import ChangeLog, Relist, Wakeup
+from .changelog import ChangeLog, Record, Relist, Wakeup, expand
 from .classification import (
     EXITED,
     HEALTHY,
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 _REMATCH_KINDS = frozenset({"comm", "exe", "cmdline", "cgroup"})
 PIDFILE_CHECK_NS = 1_000_000_000  # a down pidfile root re-reads its file this often
 MAX_ANCESTORS = 256  # ancestors an instance's join carries
+# an enum's attribute costs a lookup
+_JOINED, _EXEC, _EXITED = EventKind.JOINED, EventKind.EXEC, EventKind.EXITED
+_REPARENTED, _LEFT = EventKind.REPARENTED, EventKind.LEFT
 
 
 class Selector:
@@ -106,7 +109,7 @@ class Selector:
             self.cgroup_prefix) or self.cgroup_prefix == "/")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # one per root: hashed and compared by identity
 class RootState:
     """Membership, classes and counters of one root. Collector thread only."""
 
@@ -203,8 +206,12 @@ class Roots(TreeListener):
         self.roots: dict[str, RootState] = {}
         self.wakeup = Wakeup()
         self.relists = 0  # relists served (a reader fell behind a log, or a new reader)
-        # live or unreaped member -> [(root, depth)]: what a forked child inherits
-        self._of: dict[Node, list[tuple[RootState, int]]] = {}
+        # live or unreaped member -> the roots it is a member of (its depth in each is
+        # the root's members[node] or unreaped[node]): what a forked child inherits.
+        # The tuples are shared (see _with): a host has a few sets of roots, not one
+        # per process
+        self._of: dict[Node, tuple[RootState, ...]] = {}
+        self._sets: dict[tuple[int, ...], tuple[RootState, ...]] = {(): ()}
         # pid of a root tombstone -> [(root, tombstone)] (for pid_reused)
         self._tomb_pids: dict[int, list[tuple[RootState, Node]]] = {}
         self._rematch: list[RootState] = []
@@ -270,9 +277,12 @@ class Roots(TreeListener):
             for node in (*root.members, *root.unreaped):
                 entries = self._of.get(node)
                 if entries:
-                    entries[:] = [e for e in entries if e[0] is not root]
-                    if not entries:
+                    rest = self._set(tuple(r for r in entries if r is not root))
+                    if rest:
+                        self._of[node] = rest
+                    else:
                         del self._of[node]
+            self._sets = {k: v for k, v in self._sets.items() if root not in v}
             for node in root.tombstones:
                 self._untrack_tomb(root, node)
             self._rematch = [r for r in self.roots.values() if r.selector.rematches]
@@ -453,6 +463,58 @@ class Roots(TreeListener):
         self._dirty = True
         return ev
 
+    # The events of the fork/exec/exit path go to the log as records (see
+    # changelog.LAYOUT), made here without a RootEvent: a third of the cost.
+
+    def _set(self, roots: tuple[RootState, ...]) -> tuple[RootState, ...]:
+        """The shared tuple equal to ``roots``."""
+        key = tuple(map(id, roots))
+        got = self._sets.get(key)
+        if got is None:
+            got = self._sets[key] = roots
+        return got
+
+    def _with(self, node: Node, root: RootState) -> None:
+        """``node`` is a member (live or unreaped) of ``root`` now."""
+        entries = self._of.get(node)
+        self._of[node] = self._set((root,) if entries is None else (*entries, root))
+
+    def _join_record(self, root: RootState, node: Node, depth: int, ts: float,
+                     started_at: float, lineage: Identity | None = None) -> Record:
+        """A ``joined`` event's record describing ``node`` as a member at ``depth``."""
+        parent = node.parent
+        if lineage is not None:
+            lpid, lstart = lineage
+        elif parent is not None:
+            lpid, lstart = parent.pid, parent.start_ticks
+        else:
+            lpid = lstart = None
+        rec = (_JOINED, ts, node.pid, node.start_ticks, node.comm, node.exe, node.uid,
+               node.ppid, lpid, lstart, node.lineage_known, node.lineage_source, depth,
+               started_at)
+        spec = root.spec
+        cmdline = ((node.cmdline or "")[: spec.cmdline_max_chars]
+                   if spec.capture_cmdline else None)
+        if depth == 0:
+            found = []
+            for anc in self.tree.ancestors(node):
+                found.append(Ancestor(anc.pid, anc.start_ticks, anc.comm, anc.uid, anc.exited))
+                if len(found) >= MAX_ANCESTORS:
+                    break
+            return (*rec, cmdline, tuple(found))
+        return rec if cmdline is None else (*rec, cmdline)
+
+    def _exit_record(self, node: Node, depth: int) -> Record:
+        exit_ns = node.exit_ns if node.exit_ns is not None else self.tree.event_ns
+        return (_EXITED, self.clock.wall(exit_ns), node.pid, node.start_ticks, node.comm,
+                depth, node.exit_code, node.exit_signal,
+                node.core_dumped if node.exit_code is not None
+                or node.exit_signal is not None else None)
+
+    def _add(self, root: RootState, rec: Record) -> None:
+        root.log.add(rec)
+        self._dirty = True
+
     def _publish(self) -> None:
         if self._dirty:
             self._dirty = False
@@ -461,37 +523,12 @@ class Roots(TreeListener):
     def _joined(self, root: RootState, node: Node, depth: int, ts: float, seq: int,
                 lineage: Identity | None = None) -> RootEvent:
         """A ``joined`` event describing ``node`` as a member at ``depth``."""
-        parent = node.parent
-        if lineage is None and parent is not None:
-            lineage = Identity(parent.pid, parent.start_ticks)
-        spec = root.spec
-        ancestors = None
-        if depth == 0:
-            found = []
-            for anc in self.tree.ancestors(node):
-                found.append(Ancestor(anc.pid, anc.start_ticks, anc.comm, anc.uid, anc.exited))
-                if len(found) >= MAX_ANCESTORS:
-                    break
-            ancestors = tuple(found)
-        return RootEvent(
-            EventKind.JOINED, spec.name, seq, ts, node.pid, node.start_ticks, node.comm,
-            exe=node.exe,
-            cmdline=((node.cmdline or "")[: spec.cmdline_max_chars]
-                     if spec.capture_cmdline else None),
-            uid=node.uid, ppid=node.ppid,
-            lineage_ppid=lineage.pid if lineage else None,
-            lineage_start=lineage.start_ticks if lineage else None,
-            lineage_known=node.lineage_known, lineage_source=node.lineage_source,
-            depth=depth, started_at=self.clock.started_at(node.start_ticks),
-            ancestors=ancestors)
+        return expand(self._join_record(root, node, depth, ts,
+                                        self.clock.started_at(node.start_ticks), lineage),
+                      root.spec.name, seq)
 
     def _exited(self, root: RootState, node: Node, depth: int, seq: int) -> RootEvent:
-        exit_ns = node.exit_ns if node.exit_ns is not None else self.tree.event_ns
-        return RootEvent(EventKind.EXITED, root.spec.name, seq, self.clock.wall(exit_ns),
-                         node.pid, node.start_ticks, node.comm, depth=depth,
-                         exit_code=node.exit_code, exit_signal=node.exit_signal,
-                         core_dumped=node.core_dumped if node.exit_code is not None
-                         or node.exit_signal is not None else None)
+        return expand(self._exit_record(node, depth), root.spec.name, seq)
 
     def _now(self) -> float:
         """Wall-clock time of the change being applied."""
@@ -537,10 +574,10 @@ class Roots(TreeListener):
                     # a zombie already there when the root was added (start-up, reload):
                     # it belongs to the root until reaped, and will be classed
                     root.unreaped[n] = depth
-                    self._of.setdefault(n, []).append((root, depth))
-                    root.log.append(self._joined(root, n, depth, ts, root.log.seq + 1))
-                    root.log.append(self._exited(root, n, depth, root.log.seq + 1))
-                    self._dirty = True
+                    self._with(n, root)
+                    self._add(root, self._join_record(
+                        root, n, depth, ts, self.clock.started_at(n.start_ticks)))
+                    self._add(root, self._exit_record(n, depth))
             else:
                 self._join(root, n, depth, ts)
                 parent = n.parent
@@ -550,15 +587,13 @@ class Roots(TreeListener):
             if n.children:
                 stack.extend((c, depth + 1) for c in reversed(n.children))
 
-    def _join(self, root: RootState, node: Node, depth: int, ts: float) -> None:
+    def _join(self, root: RootState, node: Node, depth: int, ts: float,
+              started_at: float | None = None) -> None:
         # an instance of an include_root=false root is a member internally (its
         # children inherit through it) but is never listed or counted
         root.members[node] = depth
         entries = self._of.get(node)
-        if entries is None:
-            self._of[node] = [(root, depth)]
-        else:
-            entries.append((root, depth))
+        self._of[node] = self._set((root,) if entries is None else (*entries, root))
         if depth > 0 or root.spec.include_root:
             root.depth_counts[depth] = root.depth_counts.get(depth, 0) + 1
             root.n_listed += 1
@@ -568,7 +603,9 @@ class Roots(TreeListener):
             if depth > 0 and src in INFERRED_LINEAGE:
                 root.inferred[src] = root.inferred.get(src, 0) + 1
                 root.inferred_at_join[node] = src
-        root.log.append(self._joined(root, node, depth, ts, root.log.seq + 1))
+        if started_at is None:
+            started_at = self.clock.started_at(node.start_ticks)
+        root.log.add(self._join_record(root, node, depth, ts, started_at))
         self._dirty = True
 
     def _leave(self, root: RootState, node: Node) -> None:
@@ -586,7 +623,7 @@ class Roots(TreeListener):
             cls = root.class_of(node)
             root.n_class[cls if cls in (HEALTHY, ORPHANED) else HEALTHY] -= 1
             root.exited_total += 1
-        root.log.append(self._exited(root, node, depth, root.log.seq + 1))
+        root.log.add(self._exit_record(node, depth))
         self._dirty = True
         if node in root.instances:
             del root.instances[node]
@@ -614,10 +651,9 @@ class Roots(TreeListener):
     def _orphan(self, child: Node, parent: Node, only: RootState | None = None) -> None:
         """``child`` lives on, reparented, after its fork parent exited: orphaned in
         every root it is a member of below an instance."""
-        for root, depth in self._of.get(child, ()):
-            if (only is not None and root is not only) or depth == 0 \
-                    or child not in root.members:
-                continue
+        for root in self._of.get(child, ()):
+            if (only is not None and root is not only) or not root.members.get(child):
+                continue  # not a live member, or an instance (depth 0)
             self._set_class(root, child, ORPHANED, ppid=child.ppid, other_pid=parent.pid,
                             other_start_ticks=parent.start_ticks, other_comm=parent.comm)
 
@@ -635,11 +671,13 @@ class Roots(TreeListener):
         if not entries:
             return
         ts = self._now()
-        for root, depth in list(entries):
-            if parent in root.members:
+        started_at = self.clock.started_at(node.start_ticks)
+        for root in entries:
+            depth = root.members.get(parent)
+            if depth is not None:
                 max_depth = root.spec.max_depth
                 if max_depth is None or depth < max_depth:
-                    self._join(root, node, depth + 1, ts)
+                    self._join(root, node, depth + 1, ts, started_at)
 
     def changed(self, node: Node, prev: tuple[str | None, str | None, str | None] | None) -> None:
         if node.exited:
@@ -648,14 +686,15 @@ class Roots(TreeListener):
             entries = self._of.get(node)
             if entries:
                 ts = self._now()
-                for root, _ in entries:
+                for root in entries:
                     if node in root.members:
                         spec = root.spec
-                        cap = spec.cmdline_max_chars if spec.capture_cmdline else 0
-                        self._emit(root, EventKind.EXEC, node, ts, exe=node.exe,
-                                   cmdline=(node.cmdline or "")[:cap] if cap else None,
-                                   uid=node.uid, prev_comm=prev[0], prev_exe=prev[1],
-                                   prev_cmdline=(prev[2] or "")[:cap] if cap else None)
+                        rec = (_EXEC, ts, node.pid, node.start_ticks, node.comm, node.exe,
+                               node.uid, prev[0], prev[1])
+                        if spec.capture_cmdline:
+                            cap = spec.cmdline_max_chars
+                            rec = (*rec, (node.cmdline or "")[:cap], (prev[2] or "")[:cap])
+                        self._add(root, rec)
         for root in self._rematch:
             if node not in root.members and root.selector.matches(node):
                 self._new_instance(root, node)
@@ -663,7 +702,7 @@ class Roots(TreeListener):
     def exited(self, node: Node) -> None:
         entries = self._of.get(node)
         if entries:
-            for root, _ in entries:
+            for root in entries:
                 if node in root.members:
                     self._leave(root, node)
         # its children are orphans once the kernel has moved them (see reparented);
@@ -681,8 +720,9 @@ class Roots(TreeListener):
         if not entries:
             return
         ts = self._now()
-        for root, depth in entries:
-            if root.unreaped.pop(node, None) is None:
+        for root in entries:
+            depth = root.unreaped.pop(node, None)
+            if depth is None:
                 continue
             cls = root.classes.get(node)
             if cls is not None and cls.new_class == ZOMBIE:
@@ -703,10 +743,10 @@ class Roots(TreeListener):
         if not entries:
             return
         ts = self._now()
-        for root, _ in entries:
+        for root in entries:
             if node in root.members or node in root.unreaped:
-                self._emit(root, EventKind.REPARENTED, node, ts, ppid=node.ppid,
-                           prev_ppid=prev_ppid)
+                self._add(root, (_REPARENTED, ts, node.pid, node.start_ticks, node.comm,
+                                 node.ppid, prev_ppid))
         parent = node.parent
         if not node.exited and parent is not None and parent.exited \
                 and node.ppid != parent.pid:
@@ -758,7 +798,7 @@ class Roots(TreeListener):
         """A reaped member: kept as a tombstone, or let go at once."""
         spec = root.spec
         if spec.max_tombstones <= 0 or spec.tombstone_ttl_s <= 0:
-            self._emit(root, EventKind.LEFT, node, self._now())
+            self._add(root, (_LEFT, self._now(), node.pid, node.start_ticks, node.comm))
             return
         parent = node.parent
         root.tombstones[node] = (depth, parent.identity if parent is not None else None)
@@ -770,7 +810,7 @@ class Roots(TreeListener):
         del root.tombstones[node]
         root.classes.pop(node, None)
         self._untrack_tomb(root, node)
-        self._emit(root, EventKind.LEFT, node, self._now())
+        self._add(root, (_LEFT, self._now(), node.pid, node.start_ticks, node.comm))
 
     def _untrack_tomb(self, root: RootState, node: Node) -> None:
         entries = self._tomb_pids.get(node.pid)

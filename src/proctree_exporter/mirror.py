@@ -106,9 +106,10 @@ class RootMirror:
         # the event that gave each live or kept member its class (it names the other
         # process: the dead parent of an orphan, the parent not reaping a zombie)
         self.class_events: dict[Identity, RootEvent] = {}
-        # per-member data a reader derives (e.g. encoded JSON), dropped when the member
-        # changes: readers fill it inside read()
-        self.cache: dict[Identity, Any] = {}
+        # per-member data a reader derives (e.g. encoded JSON), keyed by the member's
+        # MemberInfo (no key object of its own), dropped when the member changes or
+        # goes: readers fill it inside read()
+        self.cache: dict[MemberInfo, Any] = {}
         self._log: ChangeLog | None = None
         self._ended = False  # the current log ended with root_removed
         self._user = USER_NAMES
@@ -249,6 +250,8 @@ class RootMirror:
         info: MemberInfo | None = None
         if kind is EventKind.JOINED:
             info = member_from(ev, self._user)
+            if self.cache:
+                self._uncache(ident)
             if ev.depth == 0:
                 self.instances[ident] = info
                 self.ancestors[ident] = ev.ancestors or ()
@@ -275,13 +278,15 @@ class RootMirror:
                     reason=exit_reason(ev.pid, member.comm, ev.exit_code, ev.exit_signal),
                     exited_at=ev.ts, exit_code=ev.exit_code, exit_signal=ev.exit_signal)
                 self.exited[ident] = info
-                self.cache.pop(ident, None)
+                if self.cache:
+                    self.cache.pop(member, None)
         elif kind is EventKind.CLASS:
             self._reclass(ident, ev)
         elif kind is EventKind.LEFT:
             self.class_events.pop(ident, None)
-            if self.exited.pop(ident, None) is not None:
-                self.cache.pop(ident, None)
+            gone = self.exited.pop(ident, None)
+            if gone is not None and self.cache:
+                self.cache.pop(gone, None)
         elif kind is EventKind.RESTART:
             if counting:
                 self.restarts_total += 1
@@ -294,11 +299,19 @@ class RootMirror:
             self._remember(ev, info)
 
     def _update(self, ident: Identity, **changes: Any) -> None:
+        if self.cache:
+            self._uncache(ident)
         for table in (self.members, self.instances, self.exited):
             m = table.get(ident)
             if m is not None:
                 table[ident] = m._replace(**changes)
-        self.cache.pop(ident, None)
+
+    def _uncache(self, ident: Identity) -> None:
+        """Drop what readers derived from member ``ident`` as it is now."""
+        for table in (self.members, self.exited):
+            m = table.get(ident)
+            if m is not None:
+                self.cache.pop(m, None)
 
     def _reclass(self, ident: Identity, ev: RootEvent) -> None:
         new = ev.new_class or HEALTHY
@@ -309,7 +322,8 @@ class RootMirror:
             self.classes[new] = self.classes.get(new, 0) + 1
             self.members[ident] = live._replace(cls=new, reason=ev.reason, ppid=(
                 ev.ppid if ev.ppid is not None else live.ppid))
-            self.cache.pop(ident, None)
+            if self.cache:
+                self.cache.pop(live, None)
             return
         gone = self.exited.get(ident)
         if gone is None:
@@ -321,7 +335,8 @@ class RootMirror:
         else:
             reason = ev.reason
         self.exited[ident] = gone._replace(cls=new, reason=reason)
-        self.cache.pop(ident, None)
+        if self.cache:
+            self.cache.pop(gone, None)
 
     # -- views -------------------------------------------------------------------------
 
