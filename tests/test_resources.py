@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from proctree_exporter.identity import Identity
 from proctree_exporter.resources import (
+    APPLY_CHUNK,
     FIELDS,
     UNACCOUNTED_NO_RECORD,
     Ledger,
@@ -233,3 +234,31 @@ def test_what_a_reaped_child_used_after_its_record_comes_from_its_reaper(tmp_pat
     ledger.add_records([record(kid2, 0.01)])
     ledger.sync()
     assert root(ledger, "job").counters[CPU] == 160_000
+
+
+def test_a_big_round_is_applied_in_chunks_so_readers_get_in_between() -> None:
+    # a 20,000-process round held the ledger's lock for about 100 ms at once, and every
+    # scrape (stats()) waited for it: readers must find it free between chunks
+    h, ledger, _ = scene()
+    kids = []
+    for i in range(2 * APPLY_CHUNK + 10):
+        h.spawn(f"k{i}", "old", comm="worker")
+        kids.append(ident(h, f"k{i}"))
+    ledger.sync()
+    real = ledger.lock
+    holds: list[int] = []
+
+    class Counting:
+        def __enter__(self) -> None:
+            real.acquire()
+            holds.append(1)
+
+        def __exit__(self, *exc: object) -> None:
+            real.release()
+
+    ledger.lock = Counting()  # type: ignore[assignment]
+    ledger.apply_round(round_of(*(sample(k, 1.0, rss=1 << 20) for k in kids)))
+    ledger.lock = real
+    assert len(holds) >= 3  # one per chunk of APPLY_CHUNK, and one to publish the round
+    job = root(ledger, "job")
+    assert job.sampled == len(kids) and job.rss_bytes == len(kids) << 20
