@@ -538,25 +538,26 @@ class GcWatch:
 class ApplyProbe:
     """Notes when the collector thread has applied the EXIT event of a wanted pid.
 
-    Wraps the tree's ``apply`` on this one instance (the collector looks
-    ``tree.apply`` up at every batch), so the latency splits into kernel,
-    collector and observer parts without touching the project's code.
+    Wraps the tree's ``apply_record`` on this one instance (the collector looks
+    it up at every datagram), so the latency splits into kernel, collector and
+    observer parts without touching the project's code.
     """
 
     def __init__(self, tree: Any) -> None:
         from proctree_exporter import netlink as nl
 
-        self._exit_type = nl.ExitEvent
-        self._apply = tree.apply
+        self._exit = int(nl.What.EXIT)
+        self._apply = tree.apply_record
         self.wanted: set[int] = set()
         self.applied: dict[int, tuple[int, int]] = {}  # pid -> (kernel ts, applied at)
-        tree.apply = self.apply
+        tree.apply_record = self.apply_record
 
-    def apply(self, ev: Any) -> None:
-        """Apply ``ev`` as the tree would, noting a wanted process's EXIT."""
-        self._apply(ev)
-        if type(ev) is self._exit_type and ev.pid == ev.tgid and ev.pid in self.wanted:
-            self.applied[ev.pid] = (ev.ts_ns, time.monotonic_ns())
+    def apply_record(self, rec: tuple) -> None:
+        """Apply event record ``rec`` (what, cpu, seq, ts_ns, pid, tgid, ...) as the tree
+        would, noting a wanted process's EXIT."""
+        self._apply(rec)
+        if rec[0] == self._exit and rec[4] == rec[5] and rec[4] in self.wanted:
+            self.applied[rec[4]] = (rec[3], time.monotonic_ns())
 
     def take(self, pid: int) -> tuple[int, int] | None:
         """(kernel EXIT timestamp, applied at) for ``pid``, and stop watching it."""
