@@ -155,6 +155,20 @@ def test_http_contract(daemon: Running) -> None:
     roots = daemon.json("/api/v1/roots")["roots"]
     assert [r["name"] for r in roots] == ["job", "exporter"]
     assert daemon.get("/-/healthy")[0] == 200
+    # JSON, the page and its script go gzipped to a client that asks for it
+    for path in ("/api/v1/openapi.json", "/ui/app.js", "/"):
+        _, plain_headers, plain = daemon.get(path)
+        status, headers, body = daemon.get(path, {"Accept-Encoding": "gzip, deflate"})
+        assert status == 200 and headers.get("Content-Encoding") == "gzip", path
+        assert headers["Vary"] == "Accept-Encoding" == plain_headers["Vary"]
+        assert "Content-Encoding" not in plain_headers
+        assert int(headers["Content-Length"]) == len(body) < len(plain) // 2
+        if path != "/":  # the page shows ages: two reads may differ
+            assert gzip.decompress(body) == plain
+    _, headers, body = daemon.get("/api/v1/roots", {"Accept-Encoding": "gzip"})
+    assert json.loads(gzip.decompress(body) if headers.get("Content-Encoding") else body)
+    status, headers, body = daemon.get("/-/healthy", {"Accept-Encoding": "gzip"})
+    assert body == b"OK\n" and "Content-Encoding" not in headers  # small: as it is
 
 
 def test_promtool_accepts_a_live_scrape(daemon: Running) -> None:

@@ -749,7 +749,9 @@ def document() -> dict[str, Any]:
             "version": __version__,
             "summary": "Process trees of a Linux host: roots, members, events, metrics.",
             "description": (
-                "Every GET path answers HEAD too (the head of GET, no body); methods a "
+                "Every GET path answers HEAD too (the head of GET, no body). JSON, HTML, "
+                "CSS, script and SVG bodies of 1 KiB or more are gzipped when "
+                "Accept-Encoding allows it. Methods a "
                 "path does not list get 405, unknown paths 404 (text). The write "
                 "operations (tag write: PUT, DELETE, POST) need api.write.enabled and a "
                 "writer: a basic-auth user in api.write.users, or a client of the Unix "

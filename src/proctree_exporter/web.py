@@ -14,6 +14,7 @@ the GIL, and with it the collector, for tens of milliseconds).
 
 from __future__ import annotations
 
+import gzip
 import html
 import json
 import logging
@@ -24,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import gzip_accepted
 
 from . import __version__, ui
 from .classification import HEALTHY, ORPHANED, ZOMBIE
 from .control import ControlError, Controller, ControlStats
 from .events import EventKind, RootEvent
+from .export.exposition import GZIP_LEVEL
 from .export.exposition import make_wsgi_app as exposition_app
 from .httpserver import SERVER_SOFTWARE, Peer
 from .identity import Identity
@@ -48,6 +51,12 @@ _PAGES = ("/", "/metrics", "/api/v1/roots", "/api/v1/tree", "/-/healthy", "/-/re
 _PAGES += ("/api/v1/ancestors",)  # the tree page's chain of ancestors
 _PAGES += ("/api/v1/events", "/api/v1/openapi.json")
 _MAX_ANCESTORS = 256
+# JSON documents, the page and its script go gzipped to a client that accepts it, from
+# this size: a 5,000-member root's document is 1.9 MiB, about 9 times that unzipped,
+# and level 1 takes about 2.5 ms for it (the /metrics body's level, measured there)
+GZIP_MIN_BYTES = 1024
+_COMPRESSIBLE = ("application/json", "text/html", "text/css", "text/javascript",
+                 "application/javascript", "image/svg+xml")
 # A root's document (members, tree) is rebuilt at most this often while the root
 # changes; requests in between share the last one. Thousands of members take tens
 # of milliseconds to assemble, and clients that poll in a loop must not take the
@@ -90,8 +99,13 @@ class App:
 
         def respond(status: str, body: bytes, ctype: str = "text/plain; charset=utf-8",
                     headers: list[tuple[str, str]] | None = None) -> list[bytes]:
-            hdrs = [("Content-Type", ctype), ("Content-Length", str(len(body))),
-                    *extra, *(headers or [])]
+            more = headers or []
+            if len(body) >= GZIP_MIN_BYTES and ctype.startswith(_COMPRESSIBLE):
+                more = [("Vary", "Accept-Encoding"), *more]
+                if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
+                    body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+                    more = [("Content-Encoding", "gzip"), *more]
+            hdrs = [("Content-Type", ctype), ("Content-Length", str(len(body))), *extra, *more]
             start_response(status, hdrs)
             return [b""] if method == "HEAD" else [body]
 
