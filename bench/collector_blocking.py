@@ -73,7 +73,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import hashlib
 import http.client
 import importlib.util
 import json
@@ -85,7 +84,6 @@ import re
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -95,6 +93,17 @@ import time
 from array import array
 from pathlib import Path
 from typing import Any
+
+from harness import (
+    HardDeadline,
+    free_port,
+    git_describe,
+    loadavg,
+    on_alarm,
+    on_sigterm,
+    percentile,
+    source_fingerprint,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -131,27 +140,6 @@ LOADGEN_GRACE_S = 30.0
 
 
 # -- small helpers ---------------------------------------------------------------------
-
-
-def percentile(values: Any, q: float) -> float | None:
-    """Nearest-rank q-quantile (0..1) of ``values``; None when empty."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def loadavg() -> str:
-    """/proc/loadavg's first three fields."""
-    with open("/proc/loadavg", encoding="ascii") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(port: int, path: str, timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
@@ -249,25 +237,6 @@ def package_dir() -> Path:
     if spec is None or spec.origin is None:
         raise SystemExit("collector_blocking: proctree_exporter is not importable")
     return Path(spec.origin).resolve().parent
-
-
-def source_fingerprint(pkg: Path) -> str:
-    """A hash of the package's .py files, to tell which code a result was measured on."""
-    h = hashlib.sha256()
-    for f in sorted(f for f in pkg.rglob("*.py") if "__pycache__" not in f.parts):
-        with contextlib.suppress(OSError):
-            h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def git_describe() -> str:
-    """``git describe --always --dirty`` of the checkout, or ``?``."""
-    try:
-        done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return done.stdout.strip() or "?"
 
 
 # -- the instrumented lock -----------------------------------------------------------
@@ -1336,19 +1305,6 @@ def print_report(doc: dict[str, Any], phases: list[dict[str, Any]],
 # -- main ---------------------------------------------------------------------------------------
 
 
-class HardDeadline(Exception):
-    """The run's time bound passed (SIGALRM)."""
-
-
-def _alarm(_signum: int, _frame: object) -> None:
-    raise HardDeadline("hard deadline reached")
-
-
-def _sigterm(_signum: int, _frame: object) -> None:
-    # turn SIGTERM into SystemExit so that the finally blocks end what we started
-    sys.exit(128 + signal.SIGTERM)
-
-
 def ensure_venv() -> None:
     """Re-exec under the project's venv: the daemon runs in this process."""
     if Path(sys.prefix).resolve() == (REPO / ".venv").resolve():
@@ -1388,8 +1344,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_venv()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="daemon: %(levelname)s %(name)s: %(message)s")
-    signal.signal(signal.SIGTERM, _sigterm)
-    signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGALRM, on_alarm)
     deadline = args.deadline or 100 + 8 * args.seconds
     signal.alarm(math.ceil(deadline))
 

@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import hashlib
 import http.client
 import json
 import math
@@ -76,7 +75,6 @@ import select
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -90,6 +88,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import (
+    HardDeadline,
+    free_port,
+    git_describe,
+    loadavg,
+    on_alarm,
+    on_sigterm,
+    percentile,
+    process_cpu_seconds,
+    source_fingerprint,
+    start_ticks,
+)
 from proctree_exporter.control_client import UnixHTTPConnection  # the CLI's own client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,14 +127,6 @@ PR_SET_CHILD_SUBREAPER = 36
 # -- small helpers -------------------------------------------------------------------------
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Nearest-rank q-quantile (0..1); None when empty."""
-    if not values:
-        return None
-    s = sorted(values)
-    return s[max(0, math.ceil(q * len(s)) - 1)]
-
-
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -132,54 +134,6 @@ def median(values: list[float]) -> float | None:
 def fmt(v: float | None, spec: str = ".1f") -> str:
     """A table cell; ``-`` for none."""
     return "-" if v is None else format(v, spec)
-
-
-def loadavg() -> str:
-    with open("/proc/loadavg", encoding="ascii") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def git_describe() -> str:
-    try:
-        done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return done.stdout.strip() or "?"
-
-
-def source_fingerprint() -> str:
-    """A hash of the daemon's .py files (src/ changes under this bench while others work)."""
-    h = hashlib.sha256()
-    pkg = REPO / "src" / "proctree_exporter"
-    for f in sorted(pkg.rglob("*.py")):
-        with contextlib.suppress(OSError):
-            h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def start_ticks(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start time in clock ticks); None once reaped."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(raw[raw.rfind(b")") + 2:].split()[19])
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    f = raw[raw.rfind(b")") + 2:].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def become_subreaper() -> bool:
@@ -1014,18 +968,6 @@ def print_report(doc: dict[str, Any]) -> None:
 # -- main --------------------------------------------------------------------------------------
 
 
-class HardDeadline(Exception):
-    """The run's time bound passed (SIGALRM)."""
-
-
-def _alarm(_signum: int, _frame: object) -> None:
-    raise HardDeadline("hard deadline reached")
-
-
-def _sigterm(_signum: int, _frame: object) -> None:
-    sys.exit(128 + signal.SIGTERM)  # SystemExit: the finally blocks end what we started
-
-
 def int_list(text: str) -> list[int]:
     out = [int(x) for x in text.split(",") if x.strip()]
     if any(n < 1 for n in out):
@@ -1085,8 +1027,8 @@ def main(argv: list[str] | None = None) -> int:
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
     subreaper = not args.no_subreaper and become_subreaper()
-    signal.signal(signal.SIGTERM, _sigterm)
-    signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(math.ceil(args.deadline))
     doc: dict[str, Any] = {
         "benchmark": "control",

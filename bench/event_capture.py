@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import on_sigterm
 from proctree_exporter.collector import LAG_BUCKETS, Collector, CollectorSettings
 from proctree_exporter.tree import LINEAGE_FORK, Node, PidTree
 
@@ -668,11 +669,6 @@ def forkstat_version() -> str | None:
     return out.splitlines()[0].strip() if out else "unknown"
 
 
-def _sigterm(_signum: int, _frame: object) -> None:
-    # turn SIGTERM into SystemExit so the finally blocks kill loadgen and forkstat
-    sys.exit(128 + signal.SIGTERM)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the storms, print the table, write the JSON. Exit 0 unless the bench itself broke."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -690,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not 0 < args.seconds <= 600:
         ap.error("--seconds must be in (0, 600]")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     if not args.no_bootstrap:
         bootstrap()
 

@@ -65,6 +65,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness import start_ticks
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scrape  # compile_sleepers, raised_limits, free_port, http_get, leftovers
@@ -132,14 +134,6 @@ class Timeout(Exception):
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-def start_ticks(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(stat[stat.rfind(b")") + 2:].split()[19])
 
 
 def descendants(pid: int) -> list[int]:

@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import on_sigterm
 from storm import (
     NODE_SLACK,
     DaemonProcess,
@@ -394,11 +395,6 @@ def print_table(r: SoakResult) -> None:
         print(f"   note: {note}")
 
 
-def _sigterm(_signum: int, _frame: object) -> None:
-    # turn SIGTERM into SystemExit so that the finally blocks stop the daemon and loadgen
-    sys.exit(128 + signal.SIGTERM)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the soak, print the table, write the JSON. Exit 0 unless the bench itself broke."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -413,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.processes < 1 or not 0 < args.max_seconds <= 3600:
         ap.error("--processes must be >= 1 and --max-seconds in (0, 3600]")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     res = run_soak(args.processes, args.max_seconds)
     print()
     print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, fork-exit x{WORKERS}, "

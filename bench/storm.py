@@ -49,7 +49,6 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import free_port, loadavg, on_sigterm
 from proctree_exporter import procfs
 from proctree_exporter.clock import CLOCK_TICKS
 from proctree_exporter.collector import MAX_BATCHES_PER_WAKE, CollectorSettings
@@ -90,13 +90,6 @@ RSS_PLATEAU_SLACK_MIB = 8.0
 
 
 # --- the daemon -------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -620,12 +613,6 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
-def loadavg() -> str:
-    """/proc/loadavg's first three fields."""
-    with open("/proc/loadavg", encoding="ascii") as f:
-        return " ".join(f.read().split()[:3])
-
-
 def percentile(values: list[float], q: float) -> float | None:
     """The q-quantile (nearest rank) of ``values``."""
     if not values:
@@ -843,11 +830,6 @@ def print_table(results: list[RunResult]) -> None:
             print(f"   note: {note}")
 
 
-def _sigterm(_signum: int, _frame: object) -> None:
-    # turn SIGTERM into SystemExit so that the finally blocks stop the daemon and loadgen
-    sys.exit(128 + signal.SIGTERM)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the storms, print the table, write the JSON. Exit 0 unless the bench itself broke."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -865,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.seconds <= 600:
         ap.error("--seconds must be in (0, 600]")
     buffers = [int(b) for b in args.buffers.split(",") if b.strip()]
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="storm-build-") as build:

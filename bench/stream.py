@@ -78,7 +78,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import hashlib
 import http.client
 import json
 import math
@@ -98,6 +97,18 @@ from array import array
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from harness import (
+    HardDeadline,
+    free_port,
+    git_describe,
+    loadavg,
+    on_alarm,
+    on_sigterm,
+    percentile,
+    process_cpu_seconds,
+    source_fingerprint,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
@@ -126,26 +137,6 @@ STATUS_OK = ("complete", "reset", "cut")
 # -- small helpers ---------------------------------------------------------------------
 
 
-def percentile(ordered: Any, q: float) -> float | None:
-    """Nearest-rank q-quantile (0..1) of the sorted sequence ``ordered``; None when empty."""
-    if not len(ordered):
-        return None
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def loadavg() -> str:
-    """/proc/loadavg's first three fields."""
-    with open("/proc/loadavg", encoding="ascii") as f:
-        return " ".join(f.read().split()[:3])
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def http_get(port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> tuple[int, bytes]:
     """Status and body of GET ``path`` on 127.0.0.1:``port``, new connection."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -155,16 +146,6 @@ def http_get(port: int, path: str, timeout: float = HTTP_TIMEOUT_S) -> tuple[int
         return resp.status, resp.read()
     finally:
         conn.close()
-
-
-def process_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of ``pid`` (all its threads), s; None once gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    f = raw[raw.rfind(b")") + 2:].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def reaped_children_cpu_seconds(pid: int) -> float | None:
@@ -233,27 +214,6 @@ def children_of(pid: int) -> list[int]:
     except OSError:
         return []
     return [int(p) for p in text.split()]
-
-
-def source_fingerprint() -> str:
-    """A hash of the daemon's .py files, to tell which code a result was measured on
-    (src/ changes under this bench while others work)."""
-    h = hashlib.sha256()
-    pkg = REPO / "src" / "proctree_exporter"
-    for f in sorted(pkg.rglob("*.py")):
-        with contextlib.suppress(OSError):
-            h.update(str(f.relative_to(pkg)).encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def git_describe() -> str:
-    """``git describe --always --dirty`` of the checkout, or ``?``."""
-    try:
-        done = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                              capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-    return done.stdout.strip() or "?"
 
 
 def compile_loadgen(out: Path) -> None:
@@ -1486,18 +1446,6 @@ def print_report(doc: dict[str, Any], phases: list[dict[str, Any]],
 # -- main ---------------------------------------------------------------------------------------
 
 
-class HardDeadline(Exception):
-    """The run's time bound passed (SIGALRM)."""
-
-
-def _alarm(_signum: int, _frame: object) -> None:
-    raise HardDeadline("hard deadline reached")
-
-
-def _sigterm(_signum: int, _frame: object) -> None:
-    sys.exit(128 + signal.SIGTERM)  # SystemExit: the finally blocks end what we started
-
-
 def ensure_venv() -> None:
     """Re-exec under the project's venv (prometheus_client parses /metrics)."""
     if Path(sys.prefix).resolve() == (REPO / ".venv").resolve():
@@ -1545,8 +1493,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.kinds and not {"joined", "exited"} <= {k.strip() for k in args.kinds.split(",")}:
         ap.error("--kinds must include joined and exited (completeness is judged on them)")
     ensure_venv()
-    signal.signal(signal.SIGTERM, _sigterm)
-    signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(math.ceil(args.deadline))
     notes: list[str] = []
     doc: dict[str, Any] = {
