@@ -32,6 +32,7 @@ from .mirror import MemberInfo, member_from
 from .monitor import Monitor, MonitorError
 from .remote import RemoteWatch, Seed, Target
 from .resources import accounting_capability, probe
+from .rootspec import SELECT_KINDS
 from .tree import PidTree, ProcessView, TreeNode, forest
 from .web_config import WebConfigError, load_web_config
 
@@ -771,7 +772,7 @@ def _add_roots_parser(sub: Any) -> None:
             "nothing; with other keys, it is a conflict."))
     add.add_argument("name", metavar="NAME")
     add.add_argument("--select", required=True,
-                     choices=["pid", "pidfile", "comm", "exe", "cmdline", "cgroup"])
+                     choices=SELECT_KINDS)
     add.add_argument("--match", required=True, metavar="X", help="what --select matches")
     add.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="another key of the root, VALUE read as YAML (max_depth=3, "

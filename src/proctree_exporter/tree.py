@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -356,23 +356,24 @@ class PidTree:
         """
         with self.lock:
             self.read_cgroups = True
-            for node in self._live.values():
-                if node.cgroup is None and not node.exited:
-                    try:
-                        node.cgroup = self.reader.cgroup(node.pid)
-                    except (ProcessGone, AccessDenied):
-                        pass
+            self._read_live("cgroup", self.reader.cgroup)
 
     def enable_cmdlines(self) -> None:
         """Start reading command lines (at EXEC), and read them now for every live process."""
         with self.lock:
             self.read_cmdlines = True
-            for node in self._live.values():
-                if node.cmdline is None and not node.exited:
-                    try:
-                        node.cmdline = self.reader.cmdline(node.pid, self.cmdline_max_chars)
-                    except (ProcessGone, AccessDenied, ValueError):
-                        pass
+            self._read_live("cmdline",
+                            lambda pid: self.reader.cmdline(pid, self.cmdline_max_chars))
+
+    def _read_live(self, field: str, read: Callable[[int], str | None]) -> None:
+        """Fill ``field`` of every live process that has none yet (a read switched on
+        late); a process gone or refused keeps none."""
+        for node in self._live.values():
+            if getattr(node, field) is None and not node.exited:
+                try:
+                    setattr(node, field, read(node.pid))
+                except (ProcessGone, AccessDenied, ValueError):
+                    pass
 
     def known_starts(self) -> dict[int, int]:
         """pid -> start_ticks of every live node (for a cheap resync walk)."""
