@@ -291,12 +291,14 @@ class Collector(threading.Thread):
         window_end = now + STORM_WINDOW_S
         window_events = 0
         while not stop.is_set():
-            poller.poll(HOUSEKEEPING_S * 1000)
             if storm:
                 # a storm: let events pile up for a moment so that one wake-up (about
-                # 20 us of CPU in a VM) serves many. Not otherwise: EXEC details must
-                # be read before a short-lived process exits.
+                # 20 us of CPU in a VM) serves many, and sleep instead of polling: a
+                # poll would wake at the next event only to sleep again. Not otherwise:
+                # EXEC details must be read before a short-lived process exits.
                 time.sleep(COALESCE_S)
+            else:
+                poller.poll(HOUSEKEEPING_S * 1000)
             self.stats.wakeups += 1
             # bounded, so that housekeeping, loss checks and resyncs run during a
             # storm the collector cannot outpace
@@ -321,7 +323,8 @@ class Collector(threading.Thread):
                 self._resync(sock, self._resync_due)
 
     def _drain(self, sock: nl.ConnectorSocket, limit: int | None = None) -> int:
-        """Apply up to one batch (``limit`` events) of queued events; return how many."""
+        """Apply one batch of queued events (``limit``, plus the rest of the last
+        datagrams received with it); return how many."""
         stats = self.stats
         ingest = self.ingest
         limit = limit or self.settings.batch_max
@@ -329,16 +332,17 @@ class Collector(threading.Thread):
         with self.tree.lock:
             while n_events < limit:
                 try:
-                    got = sock.recv()
+                    grams = sock.recv_batch()
                 except nl.Overrun:
                     stats.overruns += 1
                     self._overrun_pending = True
                     self.request_resync("overrun")
                     log.warning("overrun: the kernel dropped events (ENOBUFS); resync scheduled")
                     continue
-                if got is None:
+                if not grams:
                     return n_events
-                n_events += ingest(*got)
+                for got in grams:
+                    n_events += ingest(*got)
         return n_events
 
     def ingest(self, buf: bytes | bytearray | memoryview, nbytes: int, sender: int) -> int:
