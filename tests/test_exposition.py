@@ -87,6 +87,18 @@ def test_kept_families_equal_the_plain_ones_sample_for_sample() -> None:
     assert collected[-1].name == "proctree_scrape_duration_seconds"
 
 
+def test_without_roots_every_root_family_is_there_empty() -> None:
+    base = fixed_snapshot()
+    assert base.resources is not None
+    snap = replace(base, roots=(), resources=base.resources._replace(roots=()))
+    registry, collector = serving(lambda: snap)
+    assert TEXT is not None
+    body = exposition.render(registry, TEXT)
+    assert body == generate_latest(registry)
+    assert b"# TYPE proctree_root_up gauge" in body and b'root="' not in body
+    assert list(collector.collect())[:-1] == list(families(snap))
+
+
 def test_only_the_changed_root_is_rendered_again() -> None:
     snap = many_roots()
     registry, collector = serving(lambda: snap)

@@ -15,7 +15,6 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Generic, TypeVar
 
 from prometheus_client.core import (
@@ -203,8 +202,8 @@ def _built(specs: tuple[RootFamily[R], ...]) -> PerRoot[R]:
     return build
 
 
-# one root's samples and their lines, per family of the specs
-_Row = tuple[tuple[tuple[Sample, ...], bytes], ...]
+# one root's samples per family of the specs, and their lines per family
+_Row = tuple[tuple[tuple[Sample, ...], ...], tuple[bytes, ...]]
 
 
 class KeptLines(Generic[R]):
@@ -233,21 +232,29 @@ class KeptLines(Generic[R]):
             fresh[r.name] = (r, row)
             rows.append(row)
         self._kept = fresh  # roots gone since the last scrape are dropped with the old dict
-        return [RenderedFamily(spec.name, spec.documentation, spec.kind,
-                               list(chain.from_iterable([row[i][0] for row in rows])),
-                               b"".join([row[i][1] for row in rows]))
-                for i, spec in enumerate(self._specs)]
+        specs = self._specs
+        if not rows:
+            return [RenderedFamily(spec.name, spec.documentation, spec.kind, (), b"")
+                    for spec in specs]
+        # rows by root to columns by family in C (zip), not family by family in Python:
+        # that took a tenth of a 100-root scrape
+        samples = zip(*[row[0] for row in rows], strict=True)
+        lines = zip(*[row[1] for row in rows], strict=True)
+        return [RenderedFamily(spec.name, spec.documentation, spec.kind, parts, b"".join(text))
+                for spec, parts, text in zip(specs, samples, lines, strict=True)]
 
     def _row(self, r: R) -> _Row:
         self.rendered += 1
-        row = []
+        samples = []
+        lines = []
         for spec in self._specs:
-            samples = tuple(Sample(spec.sample_name,
-                                   {"root": r.name, **dict(zip(spec.labels, values, strict=True))},
-                                   value)
-                            for values, value in spec.samples(r))
-            row.append((samples, "".join([sample_line(s) for s in samples]).encode()))
-        return tuple(row)
+            got = tuple(Sample(spec.sample_name,
+                               {"root": r.name, **dict(zip(spec.labels, values, strict=True))},
+                               value)
+                        for values, value in spec.samples(r))
+            samples.append(got)
+            lines.append("".join([sample_line(s) for s in got]).encode())
+        return tuple(samples), tuple(lines)
 
 
 def _host_families(snap: Snapshot) -> Iterator[Metric]:
