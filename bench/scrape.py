@@ -513,6 +513,8 @@ def time_walk(repeats: int = 3) -> float:
 # -- measurement ---------------------------------------------------------------------------
 
 AGE_RE = re.compile(rb"^proctree_host_states_age_seconds (\S+)$", re.MULTILINE)
+ROUND_AGE_RE = re.compile(rb"^proctree_resources_sample_age_seconds (\S+)$", re.MULTILINE)
+ROUND_S_RE = re.compile(rb"^proctree_resources_sample_duration_seconds (\S+)$", re.MULTILINE)
 
 
 @dataclass
@@ -523,6 +525,8 @@ class Samples:
     spans: list[tuple[float, float]] = field(default_factory=list)  # time.time() start, end
     body_bytes: list[int] = field(default_factory=list)
     walk_ends: list[float] = field(default_factory=list)  # proctree: end of its /proc walk
+    # proctree: its resource sample rounds, (end, reading time) as its metrics say
+    rounds: set[tuple[float, float]] = field(default_factory=set)
     errors: int = 0
 
 
@@ -571,6 +575,10 @@ def run_scrapes(port: int, window_s: float, min_n: int, hard_s: float,
             m = AGE_RE.search(body)
             if m:
                 s.walk_ends.append((w0 + w1) / 2 - float(m.group(1)))
+            age, took = ROUND_AGE_RE.search(body), ROUND_S_RE.search(body)
+            if age and took:
+                end = (w0 + w1) / 2 - float(age.group(1))
+                s.rounds.add((round(end, 1), float(took.group(1))))
         time.sleep(GAP_S)
     return s
 
@@ -589,12 +597,31 @@ def walk_windows(walk_ends: list[float], interval_s: float) -> list[tuple[float,
             if b > a + interval_s]
 
 
+def round_windows(rounds: set[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Wall-clock spans of the resource sample rounds seen while we scraped.
+
+    A round's metrics give when it was applied (its end, to 0.1 s here, as many
+    scrapes see one round) and how long its reads took; applying it takes a
+    little longer, so each span starts 0.2 s earlier than the reads alone say.
+    """
+    ends: dict[float, float] = {}
+    for end, took in sorted(rounds):
+        if not ends or end - max(ends) > 1.0:
+            ends[end] = took
+    return [(end - took - 0.2, end + 0.1) for end, took in ends.items()]
+
+
+def overlaps(span: tuple[float, float], windows: list[tuple[float, float]]) -> bool:
+    """Whether a scrape's wall-clock span overlaps any of ``windows``."""
+    return any(span[0] < b and span[1] > a for a, b in windows)
+
+
 def split_by_walk(s: Samples, windows: list[tuple[float, float]]
                   ) -> tuple[list[float], list[float]]:
-    """Scrape ms of those overlapping a walk, and of the rest."""
+    """Scrape ms of those overlapping a walk (or any of ``windows``), and of the rest."""
     during, quiet = [], []
-    for ms, (w0, w1) in zip(s.ms, s.spans, strict=True):
-        (during if any(w0 < b and w1 > a for a, b in windows) else quiet).append(ms)
+    for ms, span in zip(s.ms, s.spans, strict=True):
+        (during if overlaps(span, windows) else quiet).append(ms)
     return during, quiet
 
 
@@ -728,6 +755,15 @@ def measure_target(t: Target, groups: list[Group], tmp: Path, window_s: float,
                 "walk_s_in_daemon": [round(b - a, 3) for a, b in windows],
                 "scrapes_during_walk": summary(during),
                 "scrapes_outside_walk": summary(quiet),
+            }
+            rounds = round_windows(s.rounds)
+            in_round, _ = split_by_walk(Samples(ms=quiet, spans=[
+                sp for sp in s.spans if not overlaps(sp, windows)]), rounds)
+            out["resource_rounds"] = {
+                "rounds_in_window": len(rounds),
+                "round_s_in_daemon": [round(b - a, 3) for a, b in rounds],
+                "scrapes_during_round_not_walk": summary(in_round),
+                "scrapes_outside_walk_and_rounds": summary(split_by_walk(s, windows + rounds)[1]),
             }
         return out
     finally:
@@ -885,6 +921,21 @@ def print_table(meta: dict[str, Any], results: list[dict[str, Any]],
     print("  walk ms: count_states() timed in the bench process; walk s: the same walk inside "
           "the daemon,\n  from proctree_host_states_age_seconds (sampled while scraped back "
           "to back)")
+    print("\nresource sample rounds (resources.sample_interval_seconds, from "
+          "proctree_resources_sample_age_seconds and _duration_seconds)")
+    print(f"{'host procs':>10}  {'roots':>5}  {'round s':>12}  "
+          f"{'during a round: n / median / p99':>33}  "
+          f"{'outside walk and rounds: n / median / p99':>42}")
+    for r in results:
+        for key, n in (("proctree_10", 10), ("proctree_100", 100)):
+            rr = (r["targets"].get(key) or {}).get("resource_rounds")
+            if rr is None:
+                continue
+            b, q = rr["scrapes_during_round_not_walk"], rr["scrapes_outside_walk_and_rounds"]
+            took = ",".join(f"{w:.2f}" for w in rr["round_s_in_daemon"]) or "-"
+            busy = f"{b['n']} / {b['median']:.2f} / {b['p99']:.2f}" if b["n"] else "0"
+            idle = f"{q['n']} / {q['median']:.2f} / {q['p99']:.2f}" if q["n"] else "0"
+            print(f"{r['host_processes']:>10,}  {n:>5}  {took:>12}  {busy:>33}  {idle:>42}")
     print("\ntargets")
     for t in targets:
         print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['target']}: {t['value']}")
