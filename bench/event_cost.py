@@ -9,8 +9,9 @@ cost into stages, so a change to one of them can be measured on its own:
 
 1. Record: a proc connector socket (64 MiB buffer) receives every datagram of a
    ``bench/loadgen.c`` storm (fork+exit, fork+exec, threads), copied out as bytes.
-   The recording loop's CPU per datagram is the ``recv`` figure (recvfrom_into
-   plus the copy).
+   The recording loop's CPU per datagram is the ``recv`` figure
+   (``ConnectorSocket.recv_batch``, the collector's receive: up to 64 datagrams
+   per recvmmsg call, plus the copy).
 2. Replay, each stage ``--rounds`` times on a fresh tree seeded from /proc
    (the best round counts; the garbage collector is off while timing, as it
    barely runs in the daemon's event path, which allocates few containers):
@@ -77,8 +78,7 @@ def record(binary: Path, storm, seconds: float, tmp: Path) -> tuple[list[bytes],
 
         gen = threading.Thread(target=run, daemon=True)
         gen.start()
-        buf = bytearray(nl.MAX_DATAGRAM)
-        recv = sock.sock.recvfrom_into
+        recv = sock.recv_batch
         deadline = time.monotonic() + seconds + 60
         quiet_since = None
         # drain without blocking every millisecond, timing only the receives that
@@ -88,13 +88,12 @@ def record(binary: Path, storm, seconds: float, tmp: Path) -> tuple[list[bytes],
             got = 0
             while True:
                 t0 = time.thread_time_ns()
-                try:
-                    n, _addr = recv(buf)
-                except BlockingIOError:
+                batch = recv()
+                if not batch:
                     break
-                grams.append(bytes(buf[:n]))
+                grams.extend([bytes(buf[:n]) for buf, n, _sender in batch])
                 cpu_ns += time.thread_time_ns() - t0
-                got += 1
+                got += len(batch)
             if got or not done.is_set():
                 quiet_since = None
             elif quiet_since is None:
