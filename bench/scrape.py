@@ -852,6 +852,16 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def proctree_rows(results: list[dict[str, Any]]
+                  ) -> Iterator[tuple[dict[str, Any], int, dict[str, Any]]]:
+    """(size's result, roots, proctree-exporter's figures) for each size and root count."""
+    for r in results:
+        for key, n in (("proctree_10", 10), ("proctree_100", 100)):
+            x = r["targets"].get(key)
+            if x is not None:
+                yield r, n, x
+
+
 def print_table(meta: dict[str, Any], results: list[dict[str, Any]],
                 targets: list[dict[str, Any]]) -> None:
     """The human-readable report."""
@@ -904,20 +914,16 @@ def print_table(meta: dict[str, Any], results: list[dict[str, Any]],
     print(f"{'host procs':>10}  {'roots':>5}  {'walk ms':>8}  {'walk s':>7}  "
           f"{'during walk: n / median / max':>30}  {'outside: median / p99':>22}  "
           f"{'members min/med/max':>20}  {'>=100':>5}  {'>=1000':>6}")
-    for r in results:
-        for key, n in (("proctree_10", 10), ("proctree_100", 100)):
-            x = r["targets"].get(key)
-            if x is None:
-                continue
-            hw, rs = x["host_walk"], x["roots"]
-            d, q = hw["scrapes_during_walk"], hw["scrapes_outside_walk"]
-            walk = ",".join(f"{w:.2f}" for w in hw["walk_s_in_daemon"]) or "-"
-            dur = f"{d['n']} / {d['median']:.2f} / {d['max']:.2f}" if d["n"] else "0"
-            print(f"{r['host_processes']:>10,}  {n:>5}  {r['walk_ms_in_bench']:>8.0f}  "
-                  f"{walk:>7}  {dur:>30}  {q['median']:>9.2f} / {q['p99']:>8.2f}  "
-                  f"{rs['members_min']:>6,}/{rs['members_median']:>6,.0f}/"
-                  f"{rs['members_max']:>6,}  {rs['roots_with_100_plus']:>5}  "
-                  f"{rs['roots_with_1000_plus']:>6}")
+    for r, n, x in proctree_rows(results):
+        hw, rs = x["host_walk"], x["roots"]
+        d, q = hw["scrapes_during_walk"], hw["scrapes_outside_walk"]
+        walk = ",".join(f"{w:.2f}" for w in hw["walk_s_in_daemon"]) or "-"
+        dur = f"{d['n']} / {d['median']:.2f} / {d['max']:.2f}" if d["n"] else "0"
+        print(f"{r['host_processes']:>10,}  {n:>5}  {r['walk_ms_in_bench']:>8.0f}  "
+              f"{walk:>7}  {dur:>30}  {q['median']:>9.2f} / {q['p99']:>8.2f}  "
+              f"{rs['members_min']:>6,}/{rs['members_median']:>6,.0f}/"
+              f"{rs['members_max']:>6,}  {rs['roots_with_100_plus']:>5}  "
+              f"{rs['roots_with_1000_plus']:>6}")
     print("  walk ms: count_states() timed in the bench process; walk s: the same walk inside "
           "the daemon,\n  from proctree_host_states_age_seconds (sampled while scraped back "
           "to back)")
@@ -926,16 +932,15 @@ def print_table(meta: dict[str, Any], results: list[dict[str, Any]],
     print(f"{'host procs':>10}  {'roots':>5}  {'round s':>12}  "
           f"{'during a round: n / median / p99':>33}  "
           f"{'outside walk and rounds: n / median / p99':>42}")
-    for r in results:
-        for key, n in (("proctree_10", 10), ("proctree_100", 100)):
-            rr = (r["targets"].get(key) or {}).get("resource_rounds")
-            if rr is None:
-                continue
-            b, q = rr["scrapes_during_round_not_walk"], rr["scrapes_outside_walk_and_rounds"]
-            took = ",".join(f"{w:.2f}" for w in rr["round_s_in_daemon"]) or "-"
-            busy = f"{b['n']} / {b['median']:.2f} / {b['p99']:.2f}" if b["n"] else "0"
-            idle = f"{q['n']} / {q['median']:.2f} / {q['p99']:.2f}" if q["n"] else "0"
-            print(f"{r['host_processes']:>10,}  {n:>5}  {took:>12}  {busy:>33}  {idle:>42}")
+    for r, n, x in proctree_rows(results):
+        rr = x.get("resource_rounds")
+        if rr is None:
+            continue
+        b, q = rr["scrapes_during_round_not_walk"], rr["scrapes_outside_walk_and_rounds"]
+        took = ",".join(f"{w:.2f}" for w in rr["round_s_in_daemon"]) or "-"
+        busy = f"{b['n']} / {b['median']:.2f} / {b['p99']:.2f}" if b["n"] else "0"
+        idle = f"{q['n']} / {q['median']:.2f} / {q['p99']:.2f}" if q["n"] else "0"
+        print(f"{r['host_processes']:>10,}  {n:>5}  {took:>12}  {busy:>33}  {idle:>42}")
     print("\ntargets")
     for t in targets:
         print(f"  {'PASS' if t['pass'] else 'MISS'}  {t['target']}: {t['value']}")
