@@ -33,6 +33,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import IntFlag
 from typing import ClassVar
@@ -454,7 +455,7 @@ class _SockaddrNl(ctypes.Structure):
                 ("nl_pid", ctypes.c_uint32), ("nl_groups", ctypes.c_uint32)]
 
 
-def _load_recvmmsg():  # type: ignore[no-untyped-def]
+def _load_recvmmsg() -> Callable[..., int] | None:
     """libc's recvmmsg as a ctypes function, or None where there is none."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
