@@ -721,6 +721,8 @@ def run_floor(storm: Storm, seconds: float, binary: Path) -> StormResult:
                     break
                 time.sleep(0.05)
             res.drain_s = time.monotonic() - t0
+            if not reader.is_alive():
+                res.notes.append("the bare reader's thread ended early: its figures are short")
             res.drained = not res.notes
             cpu1 = reader.cpu_seconds()
             ticks1 = thread_ticks(reader.native_id)
