@@ -103,6 +103,8 @@ from harness import (
     on_sigterm,
     percentile,
     source_fingerprint,
+    start_ticks,
+    stat_fields,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,21 +153,6 @@ def http_get(port: int, path: str, timeout: float = REQUEST_TIMEOUT_S) -> tuple[
         return resp.status, resp.read()
     finally:
         conn.close()
-
-
-def stat_fields(pid: int) -> list[bytes] | None:
-    """Fields of /proc/PID/stat from the state (3rd) on; None once gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2:].split()
-
-
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks (its identity with the pid)."""
-    f = stat_fields(pid)
-    return int(f[19]) if f else None  # field 22 of stat
 
 
 def kernel_threads() -> dict[int, str]:

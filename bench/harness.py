@@ -77,7 +77,7 @@ def source_fingerprint(pkg: Path = PACKAGE) -> str:
     return h.hexdigest()[:16]
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
+def stat_fields(pid: int) -> list[bytes] | None:
     """/proc/PID/stat's fields after the command name (field 3 first); None once gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
@@ -88,11 +88,11 @@ def _stat_fields(pid: int) -> list[bytes] | None:
 
 def start_ticks(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (start time in clock ticks); None once reaped."""
-    f = _stat_fields(pid)
+    f = stat_fields(pid)
     return int(f[19]) if f else None
 
 
 def process_cpu_seconds(pid: int) -> float | None:
     """utime + stime of ``pid`` (all its threads), s; None once gone."""
-    f = _stat_fields(pid)
+    f = stat_fields(pid)
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK") if f else None
