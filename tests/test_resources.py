@@ -3,6 +3,8 @@ pretend host (tests/fakehost.py), never backwards, each exit counted once."""
 
 from __future__ import annotations
 
+import sys
+
 from proctree_exporter.identity import Identity
 from proctree_exporter.resources import (
     APPLY_CHUNK,
@@ -234,6 +236,19 @@ def test_what_a_reaped_child_used_after_its_record_comes_from_its_reaper(tmp_pat
     ledger.add_records([record(kid2, 0.01)])
     ledger.sync()
     assert root(ledger, "job").counters[CPU] == 160_000
+
+
+def test_the_ledger_keeps_nothing_of_a_round_it_applied() -> None:
+    # it once kept the whole round for two of its figures: 20,000 samples alive until the
+    # next round, rescanned by every full collection of the cyclic GC
+    h, ledger, _ = scene()
+    h.spawn("kid", "old", comm="worker")
+    ledger.sync()
+    rnd = round_of(sample(ident(h, "kid"), 1.0))
+    refs = sys.getrefcount(rnd), sys.getrefcount(rnd.samples)
+    ledger.apply_round(rnd)
+    assert (sys.getrefcount(rnd), sys.getrefcount(rnd.samples)) == refs
+    assert ledger.sampled_once() and ledger.stats().last_round_seconds == rnd.duration_s
 
 
 def test_a_big_round_is_applied_in_chunks_so_readers_get_in_between() -> None:

@@ -37,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import add
 from typing import NamedTuple
 
 from .capabilities import PARTIAL, SUPPORTED, UNAVAILABLE, Capability
@@ -212,7 +213,10 @@ class Ledger:
         self._finished: dict[Identity, tuple[tuple[int, ...], float, int]] = {}
         self._finished_order: deque[tuple[float, Identity]] = deque()
         self._counts = _Counts()
-        self._round: SampleRound | None = None
+        # (pss, duration_s) of the last round applied: never the round itself, whose
+        # samples (one tuple subclass each, which the cyclic GC cannot untrack) would
+        # otherwise live to be rescanned by every full collection until the next round
+        self._round: tuple[bool, float] | None = None
         self._round_wall: float | None = None
         # each live member's own CPU seconds and RSS at the last round, replaced whole
         # each round: readers (the JSON API) take it without the lock
@@ -504,17 +508,19 @@ class Ledger:
         from this round and some from the last, as a round's reads are spread over
         its duration anyway; counters only grow.
         """
-        items = list(rnd.samples.items())
-        for start in range(0, len(items), APPLY_CHUNK):
+        samples = rnd.samples
+        idents = list(samples)  # each Sample made as it is applied: see sampler.Samples
+        for start in range(0, len(idents), APPLY_CHUNK):
             if start:
                 # a Lock is not fair: released and taken straight back, a scrape waiting
                 # in stats() would still wait for the whole round. Let it in.
                 time.sleep(APPLY_PAUSE_S)
             with self.lock:
-                for ident, s in items[start:start + APPLY_CHUNK]:
+                for ident in idents[start:start + APPLY_CHUNK]:
                     proc = self._procs.get(ident)
                     if proc is None:
                         continue
+                    s = samples[ident]
                     figures = from_sample(s)
                     if proc.base is None:
                         proc.base = figures  # already running when first heard of
@@ -530,12 +536,12 @@ class Ledger:
                     proc.gauges = gauges
         procs = self._procs
         latest = {i: (s.cpu_user_seconds + s.cpu_system_seconds, s.rss_bytes)
-                  for i, s in items if i in procs}
+                  for i, s in samples.items() if i in procs}
         with self.lock:
-            self._counts.sampled_total += len(items)
+            self._counts.sampled_total += len(idents)
             self.latest = latest
             self.rounds += 1
-            self._round = rnd
+            self._round = (rnd.pss, rnd.duration_s)
             self._round_wall = time.time()
 
     def _gauge(self, root: _Root, g: tuple[int, int, int, int], sign: int) -> None:
@@ -552,17 +558,16 @@ class Ledger:
     def stats(self) -> ResourceStats:
         """Every root's figures and the ledger's own, now. O(roots)."""
         with self.lock:
-            rnd = self._round
-            pss = rnd.pss if rnd is not None else False
+            pss, duration_s = self._round if self._round is not None else (False, 0.0)
             roots = tuple(RootResources(
-                r.name, tuple(a + b for a, b in zip(r.exited, r.live, strict=True)), r.rss,
+                r.name, tuple(map(add, r.exited, r.live)), r.rss,
                 r.pss if pss else None, r.fds, r.threads, r.sampled)
                 for r in self._roots.values())
             c = self._counts
             return ResourceStats(
                 roots, self.accounting[0], self.accounting[1], c.exit_records, c.accounted,
                 dict(c.unaccounted), self.records_lost(), self._round_wall,
-                rnd.duration_s if rnd is not None else 0.0, self.sampler_cpu(),
+                duration_s, self.sampler_cpu(),
                 c.sampled_total)
 
     def final(self, ident: Identity) -> ProcessUsage | None:

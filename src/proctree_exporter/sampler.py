@@ -40,7 +40,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
@@ -104,6 +104,37 @@ class Sample(NamedTuple):
     uss_bytes: int | None = None
 
 
+class Samples(Mapping[Identity, Sample]):
+    """A round's samples by identity, read-only; each :class:`Sample` is made as it is read.
+
+    Why not a dict of Samples: a Sample is a tuple subclass, which CPython's cyclic GC
+    keeps tracked for good, so the 20,000 of a 20,000-process round were rescanned by
+    every full collection while the round was read and applied: 10-15 ms with the GIL
+    held, paid by whichever thread allocated (mostly a scrape). The figures are kept
+    as plain tuples of numbers, which the GC untracks at its first look.
+    """
+
+    __slots__ = ("_figures",)
+
+    def __init__(self, figures: dict[Identity, tuple[float | int | None, ...]]) -> None:
+        self._figures = figures  # identity -> the Sample's fields after ``identity``
+
+    def __getitem__(self, ident: Identity) -> Sample:
+        return Sample(ident, *self._figures[ident])
+
+    def __iter__(self) -> Iterator[Identity]:
+        return iter(self._figures)
+
+    def __len__(self) -> int:
+        return len(self._figures)
+
+    def __contains__(self, ident: object) -> bool:
+        return ident in self._figures
+
+    def __repr__(self) -> str:
+        return f"Samples({dict(self.items())!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class SampleRound:
     """What one :func:`sample` call found.
@@ -116,7 +147,7 @@ class SampleRound:
     smaps_rollup read only leaves those figures None).
     """
 
-    samples: dict[Identity, Sample]
+    samples: Mapping[Identity, Sample]  # a Samples from sample(); any mapping will do
     vanished: frozenset[Identity]
     reused: frozenset[Identity]
     unreadable: frozenset[Identity]
@@ -320,7 +351,9 @@ def _live_thread_figures(pid: int, pss: bool
     return None
 
 
-def _read_one(ident: Identity, pss: bool) -> Sample | _Outcome:
+def _read_one(ident: Identity, pss: bool) -> tuple[float | int | None, ...] | _Outcome:
+    """A Sample's fields after ``identity`` (a plain tuple: see :class:`Samples`), or what
+    became of the process."""
     pid, start = ident
     base = f"/proc/{pid}/"
     try:
@@ -358,17 +391,17 @@ def _read_one(ident: Identity, pss: bool) -> Sample | _Outcome:
         again = _restat(pid, start)  # not reaped (and the pid reused) meanwhile
         if isinstance(again, _Outcome):
             return again
-    return Sample(ident, now, stat.utime_ticks / CLOCK_TICKS, stat.stime_ticks / CLOCK_TICKS,
-                  rss_pages * PAGE_SIZE, read_bytes, write_bytes, rchar, wchar, fds,
-                  stat.threads, voluntary, involuntary, stat.minor_faults, stat.major_faults,
-                  pss_bytes, uss_bytes)
+    return (now, stat.utime_ticks / CLOCK_TICKS, stat.stime_ticks / CLOCK_TICKS,
+            rss_pages * PAGE_SIZE, read_bytes, write_bytes, rchar, wchar, fds,
+            stat.threads, voluntary, involuntary, stat.minor_faults, stat.major_faults,
+            pss_bytes, uss_bytes)
 
 
 def _sample_round(identities: Iterable[Identity], pss: bool,
                   stop: threading.Event | None) -> SampleRound | None:
     started = time.monotonic()
     cpu0 = time.thread_time()
-    samples: dict[Identity, Sample] = {}
+    samples: dict[Identity, tuple[float | int | None, ...]] = {}
     vanished: set[Identity] = set()
     reused: set[Identity] = set()
     unreadable: set[Identity] = set()
@@ -380,12 +413,13 @@ def _sample_round(identities: Iterable[Identity], pss: bool,
         if type(ident) is not Identity:
             ident = Identity(*ident)
         got = _read_one(ident, pss)
-        if isinstance(got, Sample):
+        if isinstance(got, tuple):
             samples[ident] = got
         else:
             by_outcome[got].add(ident)
-    return SampleRound(samples, frozenset(vanished), frozenset(reused), frozenset(unreadable),
-                       started, time.monotonic() - started, time.thread_time() - cpu0, pss)
+    return SampleRound(Samples(samples), frozenset(vanished), frozenset(reused),
+                       frozenset(unreadable), started, time.monotonic() - started,
+                       time.thread_time() - cpu0, pss)
 
 
 def sample(identities: Iterable[Identity], *, pss: bool = False) -> SampleRound:

@@ -134,6 +134,8 @@ AGROUP = 0x20  # <linux/acct.h>: the last task of its thread group (since struct
 
 MIN_VERSION = 12  # ac_tgid, ac_tgetime and AGROUP: without them threads cannot be told apart
 MAX_DATAGRAM = 65536
+# /proc/net/netlink costs about 50 µs to read, and every scrape asks for `lost`
+DROPS_MAX_AGE_S = 1.0
 # Two estimates of one thread group's start (see _group_start_us) differ by less
 # than a second; a partial sum further off belongs to an earlier process with the pid.
 REUSE_TOLERANCE_US = 2_000_000
@@ -687,6 +689,7 @@ class TaskstatsListener:
         self.overruns = 0
         self.malformed = 0
         self.spoofed = 0
+        self._drops: tuple[float, int, int | None] | None = None  # (when, overruns, Drops)
         try:
             self.rcvbuf_forced = self._set_rcvbuf(rcvbuf_bytes)
             self.rcvbuf_bytes = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -895,10 +898,22 @@ class TaskstatsListener:
     @property
     def lost(self) -> int:
         """Exit messages the kernel dropped for this socket: the Drops column of
-        /proc/net/netlink (one per exiting task, counted even before :meth:`read` sees
-        the ENOBUFS), or the overruns seen when that cannot be read."""
-        drops = netlink_drops(self.inode)
-        return self.overruns if drops is None else max(drops, self.overruns)
+        /proc/net/netlink (one per exiting task), or the overruns seen when that cannot
+        be read.
+
+        0 until :meth:`read` has seen an overrun (the first drop queues an ENOBUFS for
+        the next read); after that the column is read again once :meth:`read` sees
+        another overrun or the last reading is ``DROPS_MAX_AGE_S`` old.
+        """
+        overruns = self.overruns
+        if not overruns:
+            return 0
+        now = time.monotonic()
+        got = self._drops
+        if got is None or got[1] != overruns or now - got[0] >= DROPS_MAX_AGE_S:
+            got = self._drops = (now, overruns, netlink_drops(self.inode))
+        drops = got[2]
+        return overruns if drops is None else max(drops, overruns)
 
     def close(self) -> None:
         """Deregister (so the kernel stops sending to this port id) and close."""
