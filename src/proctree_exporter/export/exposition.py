@@ -42,13 +42,14 @@ class RenderedFamily(Metric):
     """A family whose sample lines are already written, each by :func:`sample_line`.
 
     Its ``samples`` are there too, so prometheus_client's encoders (and OpenTelemetry)
-    read it like any other family; they are gathered from ``parts`` (one sequence of
-    samples per root) only when read, as the text formats never do: gathering them
-    took a fifth of a 100-root scrape. Its name and label names must be legacy names.
+    read it like any other family; they are gathered from ``parts`` (one iterable of
+    samples per root, which may make them as it goes) only when read, as the text
+    formats never do: gathering them took a fifth of a 100-root scrape. Its name and
+    label names must be legacy names.
     """
 
     def __init__(self, name: str, documentation: str, typ: str,
-                 parts: Sequence[Sequence[Sample]], lines: bytes) -> None:
+                 parts: Iterable[Iterable[Sample]], lines: bytes) -> None:
         super().__init__(name, documentation, typ)
         self._parts = parts
         self._samples: list[Sample] | None = None
