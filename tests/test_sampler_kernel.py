@@ -230,14 +230,20 @@ def test_figures_the_kernel_refuses_are_none(janitor: Janitor) -> None:
     assert s["threads"] == 1 and s["rss_bytes"] > 0
 
 
-def test_many_processes_in_one_round_each_once(janitor: Janitor) -> None:
-    holder = janitor.spawn("for i in $(seq 30); do sleep 60 & done; echo ok; wait")
+def sleepers(janitor: Janitor, n: int) -> list[Identity]:
+    """``n`` sleeping processes, children of one shell; the janitor ends each by pid."""
+    holder = janitor.spawn(f"for i in $(seq {n}); do sleep 60 & done; echo ok; wait")
     read_lines(holder, 1)
     kids = [int(x) for x in
             Path(f"/proc/{holder.pid}/task/{holder.pid}/children").read_text().split()]
     for k in kids:
         janitor.track(k)
-    ids = [identity(k) for k in kids]
+    assert len(kids) == n
+    return [identity(k) for k in kids]
+
+
+def test_many_processes_in_one_round_each_once(janitor: Janitor) -> None:
+    ids = sleepers(janitor, 30)
     gone = Identity(ids[0].pid, ids[0].start_ticks + 100)  # same pid, other start: reused
     r = sample([*ids, gone, *ids[:3]])  # duplicates are sampled as one
     assert set(r.samples) == set(ids) and r.reused == {gone}
@@ -248,13 +254,7 @@ def test_a_round_leaves_no_sample_for_the_cyclic_gc_to_rescan(janitor: Janitor) 
     # a Sample (a tuple subclass) stays tracked by the cyclic GC for good: the 20,000 of
     # a 20,000-process round were rescanned by every full collection until the next
     # round, 10-15 ms with the GIL held, inside whichever scrape allocated at the time
-    holder = janitor.spawn("for i in $(seq 20); do sleep 60 & done; echo ok; wait")
-    read_lines(holder, 1)
-    kids = [int(x) for x in
-            Path(f"/proc/{holder.pid}/task/{holder.pid}/children").read_text().split()]
-    for k in kids:
-        janitor.track(k)
-    ids = [identity(k) for k in kids]
+    ids = sleepers(janitor, 20)
     r = sample(ids)
     gc.collect()
     assert len(r.samples) == 20
