@@ -253,7 +253,7 @@ def test_many_processes_in_one_round_each_once(janitor: Janitor) -> None:
 def test_a_round_leaves_no_sample_for_the_cyclic_gc_to_rescan(janitor: Janitor) -> None:
     # a Sample (a tuple subclass) stays tracked by the cyclic GC for good: the 20,000 of
     # a 20,000-process round were rescanned by every full collection until the next
-    # round, 10-15 ms with the GIL held, inside whichever scrape allocated at the time
+    # round, 6-16 ms with the GIL held, inside whichever scrape allocated at the time
     ids = sleepers(janitor, 20)
     r = sample(ids)
     gc.collect()

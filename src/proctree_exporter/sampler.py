@@ -109,7 +109,7 @@ class Samples(Mapping[Identity, Sample]):
 
     Why not a dict of Samples: a Sample is a tuple subclass, which CPython's cyclic GC
     keeps tracked for good, so the 20,000 of a 20,000-process round were rescanned by
-    every full collection while the round was read and applied: 10-15 ms with the GIL
+    every full collection while the round was kept and applied: 6-16 ms with the GIL
     held, paid by whichever thread allocated (mostly a scrape). The figures are kept
     as plain tuples of numbers, which the GC untracks at its first look.
     """
