@@ -616,11 +616,14 @@ def overlaps(span: tuple[float, float], windows: list[tuple[float, float]]) -> b
     return any(span[0] < b and span[1] > a for a, b in windows)
 
 
-def split_by_walk(s: Samples, windows: list[tuple[float, float]]
-                  ) -> tuple[list[float], list[float]]:
-    """Scrape ms of those overlapping a walk (or any of ``windows``), and of the rest."""
+def split_by(s: Samples, windows: list[tuple[float, float]],
+             skip: list[tuple[float, float]] | None = None) -> tuple[list[float], list[float]]:
+    """Scrape ms of those overlapping any of ``windows``, and of the rest; scrapes that
+    overlap any of ``skip`` are in neither."""
     during, quiet = [], []
     for ms, span in zip(s.ms, s.spans, strict=True):
+        if skip and overlaps(span, skip):
+            continue
         (during if overlaps(span, windows) else quiet).append(ms)
     return during, quiet
 
@@ -749,7 +752,7 @@ def measure_target(t: Target, groups: list[Group], tmp: Path, window_s: float,
         })
         if t.kind == "proctree":
             windows = walk_windows(s.walk_ends, SAMPLE_INTERVAL_S)
-            during, quiet = split_by_walk(s, windows)
+            during, quiet = split_by(s, windows)
             out["host_walk"] = {
                 "walks_in_window": len(windows),
                 "walk_s_in_daemon": [round(b - a, 3) for a, b in windows],
@@ -757,13 +760,12 @@ def measure_target(t: Target, groups: list[Group], tmp: Path, window_s: float,
                 "scrapes_outside_walk": summary(quiet),
             }
             rounds = round_windows(s.rounds)
-            in_round, _ = split_by_walk(Samples(ms=quiet, spans=[
-                sp for sp in s.spans if not overlaps(sp, windows)]), rounds)
+            in_round, outside = split_by(s, rounds, skip=windows)
             out["resource_rounds"] = {
                 "rounds_in_window": len(rounds),
                 "round_s_in_daemon": [round(b - a, 3) for a, b in rounds],
                 "scrapes_during_round_not_walk": summary(in_round),
-                "scrapes_outside_walk_and_rounds": summary(split_by_walk(s, windows + rounds)[1]),
+                "scrapes_outside_walk_and_rounds": summary(outside),
             }
         return out
     finally:
