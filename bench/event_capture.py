@@ -390,6 +390,17 @@ def thread_ticks(tid: int | None) -> tuple[int, int] | None:
     return int(fields[11]), int(fields[12])
 
 
+def cpu_figures(res: StormResult, cpu_s: float, ticks0: tuple[int, int] | None,
+                ticks1: tuple[int, int] | None) -> None:
+    """``res``'s CPU, CPU per event (of ``res.events_total``) and kernel share, from the
+    reading thread's CPU seconds and its (user, system) ticks before and after."""
+    res.cpu_s = cpu_s
+    if res.events_total:
+        res.cpu_us_per_event = cpu_s / res.events_total * 1e6
+    if ticks0 and ticks1 and sum(ticks1) > sum(ticks0):
+        res.cpu_sys_pct = 100.0 * (ticks1[1] - ticks0[1]) / (sum(ticks1) - sum(ticks0))
+
+
 def hist_quantile_bound(counts: list[int], q: float) -> float | None:
     """Upper bound (s) of the lag histogram bucket holding the q-quantile; inf past the last."""
     total = sum(counts)
@@ -570,12 +581,7 @@ def run_storm(storm: Storm, seconds: float, binary: Path, use_forkstat: bool) ->
                 res.kernel_drops_observed = drops1 - drops0
             res.resyncs = cs.resyncs
             res.resync_reasons = dict(cs.resync_reasons)
-            res.cpu_s = cpu1 - cpu0
-            if res.events_total:
-                res.cpu_us_per_event = res.cpu_s / res.events_total * 1e6
-            if ticks0 and ticks1 and sum(ticks1) > sum(ticks0):
-                res.cpu_sys_pct = (100.0 * (ticks1[1] - ticks0[1])
-                                   / (sum(ticks1) - sum(ticks0)))
+            cpu_figures(res, cpu1 - cpu0, ticks0, ticks1)
             for q, attr in ((0.5, "lag_p50_us"), (0.99, "lag_p99_us")):
                 v = cs.lag.percentile(q)
                 setattr(res, attr, None if v is None else v * 1e6)
@@ -735,11 +741,7 @@ def run_floor(storm: Storm, seconds: float, binary: Path) -> StormResult:
     res.rate_per_s = res.created / res.seconds if res.seconds else 0.0
     res.events_total = reader.events - ev0
     res.overruns = reader.overruns
-    res.cpu_s = cpu1 - cpu0
-    if res.events_total:
-        res.cpu_us_per_event = res.cpu_s / res.events_total * 1e6
-    if ticks0 and ticks1 and sum(ticks1) > sum(ticks0):
-        res.cpu_sys_pct = 100.0 * (ticks1[1] - ticks0[1]) / (sum(ticks1) - sum(ticks0))
+    cpu_figures(res, cpu1 - cpu0, ticks0, ticks1)
     if res.overruns:
         res.notes.append(f"the bare reader's socket overran {res.overruns} times: "
                          f"events were lost, so its CPU per event is low")
