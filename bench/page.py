@@ -65,11 +65,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import start_ticks
+from harness import free_port, start_ticks
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import scrape  # compile_sleepers, raised_limits, free_port, http_get, leftovers
+import scrape  # compile_sleepers, raised_limits, http_get, leftovers
 
 REPO = Path(__file__).resolve().parent.parent
 EXE = REPO / ".venv" / "bin" / "proctree-exporter"
@@ -235,7 +235,7 @@ def start_daemon(procs: Procs, tmp: Path, holder: int, poll: bool
     cfg.write_text(f"roots:\n  - name: {ROOT}\n    select: pid\n    match: {holder}\n"
                    "    max_members: 20000\n"
                    + ("web:\n  max_streams: 0\n" if poll else ""))
-    port = scrape.free_port()
+    port = free_port()
     log = open(tmp / "daemon.log", "ab")  # noqa: SIM115 - closed with the process
     with log:
         d = procs.add(subprocess.Popen([str(EXE), "--config", str(cfg), "--web.listen-address",
@@ -265,7 +265,7 @@ class Browser:
             if not shutil.which(exe):
                 raise SystemExit(f"{exe} missing: `scripts/bootstrap test` installs Debian's "
                                  "chromium and chromium-driver")
-        port = scrape.free_port()
+        port = free_port()
         self.driver = procs.add(subprocess.Popen([CHROMEDRIVER, f"--port={port}"],
                                                  stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL,

@@ -75,6 +75,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PROCTREE_BIN = REPO / ".venv" / "bin" / "proctree-exporter"
@@ -168,13 +170,6 @@ def self_cpu_seconds() -> float:
     """CPU seconds of this bench process (all threads)."""
     t = os.times()
     return t.user + t.system
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int) -> bool:

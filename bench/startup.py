@@ -32,6 +32,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import scrape  # its sleeper groups, limits and helpers
+from harness import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXE = REPO / ".venv" / "bin" / "proctree-exporter"
@@ -90,7 +91,7 @@ def main() -> int:
                 cfg = tmp / f"config-{size}.yaml"
                 cfg.write_text(yaml.safe_dump(
                     {"roots": scrape.root_configs(started, args.roots)}, sort_keys=False))
-                runs = [one_start(cfg, scrape.free_port(), tmp / "daemon.log")
+                runs = [one_start(cfg, free_port(), tmp / "daemon.log")
                         for _ in range(args.reps)]
                 ready = [r["ready_s"] for r in runs]
                 rows.append({"size": size, "host": host, "ready_s": ready,
